@@ -1,0 +1,48 @@
+/*
+ * proto_frame: read a STREAMED_XOR_CHUNKS body (frames of: uvarint length, CRC-32C big-endian,
+ * one prometheus.ChunkedReadResponse) and count series, chunks and bytes per query_index.
+ *
+ * Incremental and copy-free: bytes are fed as they arrive from the store, split anywhere; the
+ * CRC is updated and the message walked in place, so a frame is never buffered. A series that the
+ * store splits across consecutive frames (same labels, same query_index) counts once.
+ */
+#ifndef PROMGUARD_PROTO_FRAME_H
+#define PROMGUARD_PROTO_FRAME_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct proto_frame_counts {
+	uint64_t series; /* distinct ChunkedSeries */
+	uint64_t chunks; /* Chunk entries */
+	uint64_t bytes;  /* frame bytes including length and CRC */
+	uint64_t frames;
+};
+
+struct proto_frame_reader;
+
+/*
+ * New reader. <max_frame> caps one message's length (Prometheus' client default is 50,000,000);
+ * <max_queries> caps the query_index values tracked. NULL on ENOMEM.
+ */
+struct proto_frame_reader *proto_frame_reader_new(size_t max_frame, size_t max_queries);
+void proto_frame_reader_free(struct proto_frame_reader *r);
+
+/*
+ * Feed <len> bytes. Returns 0, or with one line in <err>:
+ *   -EBADMSG  bad varint, CRC mismatch, or a message that is not a valid ChunkedReadResponse
+ *   -E2BIG    a frame longer than <max_frame>, or a query_index >= <max_queries>
+ * After an error the reader stays failed.
+ */
+int proto_frame_feed(struct proto_frame_reader *r, const uint8_t *data, size_t len, char *err, size_t errlen);
+
+/* End of body: 0 at a frame boundary, -EBADMSG when it stops inside a frame. */
+int proto_frame_finish(struct proto_frame_reader *r, char *err, size_t errlen);
+
+/* Counts per query_index (array of *<n>, index = query_index). (ref) */
+const struct proto_frame_counts *proto_frame_results(const struct proto_frame_reader *r, size_t *n);
+
+/* CRC-32C (Castagnoli) of <len> bytes continuing from <crc> (start with 0). */
+uint32_t proto_crc32c(uint32_t crc, const uint8_t *data, size_t len);
+
+#endif

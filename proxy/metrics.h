@@ -1,0 +1,121 @@
+/*
+ * metrics: every metric promguard exports, defined once in an X-macro table.
+ *
+ * The table gives the id, the exported name, the type, the label names and the help text; it
+ * generates the enum, the /metrics exposition (text format 0.0.4) and `promguard --describe-metrics`.
+ * All updates happen on the event-loop thread, so nothing here locks.
+ *
+ * Labelled series are created on first use. The number of distinct label sets per metric is
+ * capped (METRICS_MAX_SERIES); past the cap, values land in a series whose labels are all
+ * "other", and promguard_metrics_label_overflow_total counts it, so hostile label values
+ * (tenant names) cannot grow memory.
+ */
+#ifndef PROMGUARD_METRICS_H
+#define PROMGUARD_METRICS_H
+
+#include <stdint.h>
+
+struct evbuffer;
+
+enum metrics_type { METRICS_COUNTER, METRICS_GAUGE, METRICS_HISTOGRAM };
+
+/* Bucket sets for histograms (upper bounds; +Inf is implicit). */
+enum metrics_buckets {
+	METRICS_B_NONE,
+	METRICS_B_SECONDS,  /* 0.001 .. 60 s */
+	METRICS_B_SERIES,   /* 1 .. 10,000,000 */
+	METRICS_B_RATIO,    /* 0.01 .. 100 */
+};
+
+/* X(id, name, type, labels (comma separated, "" for none), buckets, help) */
+#define METRICS_TABLE(X) \
+	X(REQUESTS, "promguard_requests_total", METRICS_COUNTER, "code", METRICS_B_NONE, \
+	  "Remote-read requests answered, by HTTP status code.") \
+	X(QUERIES, "promguard_queries_total", METRICS_COUNTER, "tenant,decision", METRICS_B_NONE, \
+	  "Queries decided, by tenant and decision (admitted, rejected, shadow_rejected).") \
+	X(REJECTIONS, "promguard_rejections_total", METRICS_COUNTER, "tenant,reason", METRICS_B_NONE, \
+	  "Requests or queries rejected, by tenant and reason.") \
+	X(SHADOW_REJECTIONS, "promguard_shadow_rejections_total", METRICS_COUNTER, "tenant,reason", METRICS_B_NONE, \
+	  "Queries that dry-run mode or a dry_run rule would have rejected.") \
+	X(ESTIMATED_SERIES, "promguard_estimated_series", METRICS_HISTOGRAM, "", METRICS_B_SERIES, \
+	  "Estimated series per query at admission.") \
+	X(ESTIMATE_ERROR_RATIO, "promguard_estimate_error_ratio", METRICS_HISTOGRAM, "", METRICS_B_RATIO, \
+	  "Actual series divided by estimated series, for admitted queries.") \
+	X(INFLIGHT, "promguard_inflight_queries", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Remote-read requests currently running against the store.") \
+	X(QUEUE_LENGTH, "promguard_queue_length", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Deferred queries waiting for capacity.") \
+	X(QUEUE_WAIT, "promguard_queue_wait_seconds", METRICS_HISTOGRAM, "", METRICS_B_SECONDS, \
+	  "Time deferred queries waited for capacity.") \
+	X(BACKOFF_TRACKED_KEYS, "promguard_backoff_tracked_keys", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Keys with backoff state (bounded by queue.max_tracked_keys).") \
+	X(POOL_BYTES, "promguard_pool_bytes", METRICS_GAUGE, "state", METRICS_B_NONE, \
+	  "Buffer pool bytes by state (free, in_use).") \
+	X(POOL_LIMIT_BYTES, "promguard_pool_limit_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Hard cap on buffer pool memory (pool.memory_limit).") \
+	X(POOL_GET_ON_EMPTY, "promguard_pool_get_on_empty_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Pool gets that found no free buffer.") \
+	X(POOL_REFILLS, "promguard_pool_refills_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Background pool refills.") \
+	X(UPSTREAM_DURATION, "promguard_upstream_request_duration_seconds", METRICS_HISTOGRAM, "", METRICS_B_SECONDS, \
+	  "Time from sending a request to the store until its response is fully relayed.") \
+	X(UPSTREAM_ERRORS, "promguard_upstream_errors_total", METRICS_COUNTER, "kind", METRICS_B_NONE, \
+	  "Store failures by kind (refused, reset, timeout, protocol, corrupt_response, status_5xx, status_4xx).") \
+	X(RESPONSE_SERIES, "promguard_response_series_total", METRICS_COUNTER, "tenant", METRICS_B_NONE, \
+	  "Series counted in relayed responses.") \
+	X(RESPONSE_SAMPLES, "promguard_response_samples_total", METRICS_COUNTER, "tenant", METRICS_B_NONE, \
+	  "Samples (SAMPLES responses) or chunks (streamed responses) counted in relayed responses.") \
+	X(RESPONSE_BYTES, "promguard_response_bytes_total", METRICS_COUNTER, "tenant", METRICS_B_NONE, \
+	  "Response bytes relayed from the store, as received (compressed).") \
+	X(CONFIG_RELOAD_OK, "promguard_config_last_reload_successful", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "1 if the last configuration load succeeded.") \
+	X(CLIENT_CONNECTIONS, "promguard_client_connections", METRICS_GAUGE, "listener", METRICS_B_NONE, \
+	  "Open client connections per listener.") \
+	X(LABEL_OVERFLOW, "promguard_metrics_label_overflow_total", METRICS_COUNTER, "metric", METRICS_B_NONE, \
+	  "Updates folded into the \"other\" series because a metric hit its label-set cap.") \
+	X(PROCESS_RSS, "process_resident_memory_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Resident memory size in bytes.") \
+	X(PROCESS_FDS, "process_open_fds", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Number of open file descriptors.") \
+	X(PROCESS_START, "process_start_time_seconds", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Start time of the process since the Unix epoch in seconds.") \
+	X(BUILD_INFO, "promguard_build_info", METRICS_GAUGE, "version", METRICS_B_NONE, \
+	  "Always 1; the version label names the build.")
+
+#define METRICS_ENUM_(id, name, type, labels, buckets, help) METRICS_##id,
+enum metrics_id { METRICS_TABLE(METRICS_ENUM_) METRICS__COUNT };
+#undef METRICS_ENUM_
+
+/* Distinct label sets kept per metric before folding into "other". */
+#define METRICS_MAX_SERIES 512
+
+/* Set up the registry (records the start time). Returns 0 or -ENOMEM. */
+int metrics_init(void);
+/* Free every series. */
+void metrics_deinit(void);
+
+/*
+ * Add <v> to the series of <id> with label values <l1>, <l2> (pass NULL for labels the metric
+ * does not have). Counters only grow: a negative <v> on a counter is ignored.
+ */
+void metrics_add(enum metrics_id id, const char *l1, const char *l2, double v);
+/* Set a gauge series. */
+void metrics_set(enum metrics_id id, const char *l1, const char *l2, double v);
+/* Observe <v> in a histogram (histograms have no labels). */
+void metrics_observe(enum metrics_id id, double v);
+/* Current value of a counter or gauge series (0 if absent); for tests and status. */
+double metrics_get(enum metrics_id id, const char *l1, const char *l2);
+
+/* Shorthands. */
+#define metrics_inc(id, l1, l2) metrics_add((id), (l1), (l2), 1.0)
+
+/* Refresh process_* gauges (RSS, fds) from /proc; called before each exposition. */
+void metrics_refresh_process(void);
+
+/* Render every metric in text exposition format 0.0.4 into <out>. Returns 0 or -ENOMEM. */
+int metrics_render(struct evbuffer *out);
+
+/* Print name, type and help of every metric (promguard --describe-metrics). */
+void metrics_describe(struct evbuffer *out);
+
+#endif
