@@ -1,0 +1,130 @@
+/* proxy_admin: operator endpoints (see admin.h). */
+#include "proxy/admin.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include <event2/buffer.h>
+
+#include "proxy/conf.h"
+#include "proxy/flow.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+
+struct route {
+	const char *path;
+	const char *method;
+	void (*fn)(struct proxy_admin *a, struct proxy_req *req);
+};
+
+static void serve_metrics(struct proxy_admin *a, struct proxy_req *req)
+{
+	struct evbuffer *b = evbuffer_new();
+
+	(void)a;
+	if (!b) {
+		proxy_req_abort(req);
+		return;
+	}
+	metrics_refresh_process();
+	metrics_render(b);
+	proxy_req_add_header(req, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+	proxy_req_reply(req, 200, b);
+	evbuffer_free(b);
+}
+
+static void serve_healthy(struct proxy_admin *a, struct proxy_req *req)
+{
+	(void)a;
+	proxy_req_reply_text(req, 200, "promguard is healthy.");
+}
+
+/* Ready: config loaded, not draining, and the store accepts connections. */
+static const char *not_ready_reason(const struct proxy_admin *a)
+{
+	if (!a->conf)
+		return "no configuration loaded";
+	if (a->draining)
+		return "draining";
+	if (!proxy_upstream_reachable(a->up))
+		return "store unreachable";
+	return NULL;
+}
+
+static void serve_ready(struct proxy_admin *a, struct proxy_req *req)
+{
+	const char *why = not_ready_reason(a);
+
+	if (why)
+		proxy_req_reply_text(req, 503, "promguard: not ready: %s (%s)", why, proxy_upstream_name(a->up));
+	else
+		proxy_req_reply_text(req, 200, "promguard is ready.");
+}
+
+static void serve_status(struct proxy_admin *a, struct proxy_req *req)
+{
+	struct evbuffer *b = evbuffer_new();
+	const struct proxy_flow_stats *s = proxy_flow_stats(a->flow);
+	const char *why = not_ready_reason(a);
+
+	if (!b) {
+		proxy_req_abort(req);
+		return;
+	}
+	evbuffer_add_printf(b,
+			    "{\"version\":\"%s\",\"uptime_seconds\":%lld,\"ready\":%s,\"draining\":%s,"
+			    "\"upstream\":{\"address\":\"%s\",\"reachable\":%s,\"connections\":%zu,\"waiting\":%zu},"
+			    "\"counters\":{\"requests\":%llu,\"queries\":%llu,\"bad_requests\":%llu,"
+			    "\"upstream_errors\":%llu,\"response_series\":%llu,\"response_bytes\":%llu,"
+			    "\"inflight\":%llu},\"config\":",
+			    PROMGUARD_VERSION, (long long)(time(NULL) - a->started), why ? "false" : "true",
+			    a->draining ? "true" : "false", proxy_upstream_name(a->up),
+			    proxy_upstream_reachable(a->up) ? "true" : "false", proxy_upstream_connections(a->up),
+			    proxy_upstream_waiting(a->up), (unsigned long long)s->requests,
+			    (unsigned long long)s->queries, (unsigned long long)s->bad_requests,
+			    (unsigned long long)s->upstream_errors, (unsigned long long)s->response_series,
+			    (unsigned long long)s->response_bytes, (unsigned long long)s->inflight);
+	conf_write_json(a->conf, b);
+	evbuffer_add(b, "}\n", 2);
+	proxy_req_add_header(req, "Content-Type", "application/json");
+	proxy_req_reply(req, 200, b);
+	evbuffer_free(b);
+}
+
+static const struct route routes[] = {
+	{ "/metrics", "GET", serve_metrics },
+	{ "/-/healthy", "GET", serve_healthy },
+	{ "/-/ready", "GET", serve_ready },
+	{ "/api/v1/status", "GET", serve_status },
+};
+
+int proxy_admin_owns(const char *path)
+{
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++)
+		if (strcmp(path, routes[i].path) == 0)
+			return 1;
+	return 0;
+}
+
+void proxy_admin_handle(struct proxy_admin *a, struct proxy_req *req)
+{
+	const char *path = proxy_req_path(req);
+	const char *method = proxy_req_method(req);
+
+	for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
+		if (strcmp(path, routes[i].path) != 0)
+			continue;
+		/* HEAD is answered like GET by most tools' health checks; we keep it strict */
+		if (strcmp(method, routes[i].method) != 0) {
+			proxy_req_add_header(req, "Allow", routes[i].method);
+			proxy_req_reply_text(req, 405, "promguard: method not allowed: %.32s (only %s is served on %s)",
+					     method, routes[i].method, path);
+			return;
+		}
+		routes[i].fn(a, req);
+		return;
+	}
+	proxy_req_reply_text(req, 404, "promguard: not found: %.200s", path);
+}

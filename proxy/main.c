@@ -1,0 +1,424 @@
+/*
+ * promguard: a query-admission guard proxy for Prometheus remote read.
+ *
+ * main() parses the command line and either runs a one-shot command (--version, --check-config,
+ * decode, --describe-metrics) or the proxy: one event loop with the remote-read listener, the
+ * admin listener, the upstream pool and the request flow.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "proto/request.h"
+#include "proxy/admin.h"
+#include "proxy/conf.h"
+#include "proxy/flow.h"
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+
+#ifndef PROMGUARD_SNAPPY_VERSION
+#define PROMGUARD_SNAPPY_VERSION "unknown"
+#endif
+
+#define DEFAULT_CONFIG "conf/promguard.yml"
+#define DECODE_MAX_BYTES (64u << 20) /* `promguard decode` reads at most this much */
+
+/* Everything the running proxy owns. */
+struct app {
+	struct event_base *base;
+	struct conf *conf;
+	struct proxy_upstream *up;
+	struct proxy_flow *flow;
+	struct proxy_server *data;    /* listen */
+	struct proxy_server *admin;   /* admin_listen; NULL when it equals listen */
+	struct proxy_admin admin_ctx;
+	struct event *sig_term, *sig_int, *sig_hup;
+	struct event *grace;
+	int shared_listener;          /* admin endpoints served on listen */
+};
+
+static void usage(FILE *out)
+{
+	fprintf(out,
+		"usage: promguard [-c FILE] [--check-config] [--log-level LEVEL]\n"
+		"       promguard --version | --describe-metrics | --help\n"
+		"       promguard decode [FILE]\n"
+		"\n"
+		"  -c, --config FILE     configuration file (default %s)\n"
+		"      --check-config    validate the configuration, print the effective limits, exit\n"
+		"      --log-level LVL   debug|info|warn|error (overrides log_level in the file)\n"
+		"      --version         print versions and exit\n"
+		"      --describe-metrics  list every exported metric and exit\n"
+		"  decode [FILE]         print the queries of a snappy ReadRequest (FILE or stdin)\n",
+		DEFAULT_CONFIG);
+}
+
+static void print_version(void)
+{
+	printf("promguard %s\nlibevent %s\nprotobuf-c %s\nsnappy %s\n", PROMGUARD_VERSION, event_get_version(),
+	       protobuf_c_version(), PROMGUARD_SNAPPY_VERSION);
+}
+
+/* --- promguard decode ---------------------------------------------------------------------- */
+
+static int read_all(FILE *in, uint8_t **out, size_t *len)
+{
+	size_t cap = 65536, n = 0;
+	uint8_t *buf = malloc(cap);
+
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		if (n == cap) {
+			if (cap >= DECODE_MAX_BYTES) {
+				free(buf);
+				return -E2BIG;
+			}
+			uint8_t *nb = realloc(buf, cap * 2);
+			if (!nb) {
+				free(buf);
+				return -ENOMEM;
+			}
+			buf = nb;
+			cap *= 2;
+		}
+		size_t r = fread(buf + n, 1, cap - n, in);
+		n += r;
+		if (r == 0) {
+			if (ferror(in)) {
+				free(buf);
+				return -EIO;
+			}
+			break;
+		}
+	}
+	*out = buf;
+	*len = n;
+	return 0;
+}
+
+static int cmd_decode(const char *path)
+{
+	FILE *in = stdin;
+	uint8_t *body = NULL;
+	size_t len = 0;
+	struct proto_request *req = NULL;
+	char err[512], name[32];
+	uint64_t size = 0;
+	int rc;
+
+	if (path && strcmp(path, "-") != 0) {
+		in = fopen(path, "rb");
+		if (!in) {
+			fprintf(stderr, "promguard decode: %s: %s\n", path, strerror(errno));
+			return 1;
+		}
+	}
+	rc = read_all(in, &body, &len);
+	if (in != stdin)
+		fclose(in);
+	if (rc < 0) {
+		fprintf(stderr, "promguard decode: %s: %s\n", path ? path : "stdin",
+			rc == -E2BIG ? "input larger than 64MiB" : strerror(-rc));
+		return 1;
+	}
+	rc = proto_request_decode(body, len, DECODE_MAX_BYTES, NULL, &req, &size, err, sizeof(err));
+	if (rc < 0) {
+		if (rc == -E2BIG)
+			fprintf(stderr, "promguard decode: request too large: %llu > %u\n", (unsigned long long)size,
+				DECODE_MAX_BYTES);
+		else
+			fprintf(stderr, "promguard decode: %s\n", err);
+		free(body);
+		return 1;
+	}
+	printf("read request: %zu bytes compressed, %zu decoded, %zu quer%s\n", len, req->decoded_bytes,
+	       req->n_queries, req->n_queries == 1 ? "y" : "ies");
+	printf("accepted response types:");
+	if (req->n_accepted_types == 0)
+		printf(" (none: SAMPLES)");
+	for (size_t i = 0; i < req->n_accepted_types; i++)
+		printf(" %s", proto_response_type_name(req->accepted_types[i], name, sizeof(name)));
+	printf("\n");
+	for (size_t i = 0; i < req->n_queries; i++) {
+		const struct proto_query *q = &req->queries[i];
+		size_t need = proto_selector_print(q, NULL, 0) + 1;
+		char *sel = malloc(need);
+		char range[128], hints[1024];
+
+		if (!sel)
+			break;
+		proto_selector_print(q, sel, need);
+		proto_range_print(q, range, sizeof(range));
+		proto_hints_print(q, hints, sizeof(hints));
+		printf("query %zu: %s %s%s%s\n", i, sel, range, hints[0] ? " hints: " : "", hints);
+		free(sel);
+	}
+	proto_request_free(req);
+	free(body);
+	return 0;
+}
+
+/* --- running ------------------------------------------------------------------------------- */
+
+static uint64_t data_body_cap(struct proxy_req *req, void *arg)
+{
+	struct app *app = arg;
+
+	if (strcmp(proxy_req_path(req), app->conf->read_path) == 0)
+		return proxy_flow_body_cap(app->flow, req);
+	return PROXY_ADMIN_BODY_CAP;
+}
+
+static void data_handle(struct proxy_req *req, void *arg)
+{
+	struct app *app = arg;
+
+	if (strcmp(proxy_req_path(req), app->conf->read_path) == 0)
+		proxy_flow_handle(app->flow, req);
+	else if (app->shared_listener && proxy_admin_owns(proxy_req_path(req)))
+		proxy_admin_handle(&app->admin_ctx, req);
+	else
+		proxy_req_reply_text(req, 404, "promguard: not found: %.200s (remote read is served on %s)",
+				     proxy_req_path(req), app->conf->read_path);
+}
+
+static uint64_t admin_body_cap(struct proxy_req *req, void *arg)
+{
+	(void)req;
+	(void)arg;
+	return PROXY_ADMIN_BODY_CAP;
+}
+
+static void admin_handle(struct proxy_req *req, void *arg)
+{
+	struct app *app = arg;
+
+	proxy_admin_handle(&app->admin_ctx, req);
+}
+
+static void on_idle(void *arg)
+{
+	struct app *app = arg;
+
+	if (app->admin_ctx.draining) {
+		log_info("drained", "inflight=0");
+		event_base_loopexit(app->base, NULL);
+	}
+}
+
+static void grace_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct app *app = arg;
+
+	(void)fd;
+	(void)what;
+	log_warn("shutdown grace expired", "inflight=%llu", (unsigned long long)proxy_flow_stats(app->flow)->inflight);
+	event_base_loopexit(app->base, NULL);
+}
+
+static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct app *app = arg;
+	int64_t ms = app->conf->shutdown_grace_ms;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+
+	(void)what;
+	if (app->admin_ctx.draining) {
+		log_warn("second stop signal: exiting now", "signal=%d", (int)sig);
+		event_base_loopexit(app->base, NULL);
+		return;
+	}
+	app->admin_ctx.draining = 1;
+	log_info("draining", "signal=%d inflight=%llu grace_ms=%lld", (int)sig,
+		 (unsigned long long)proxy_flow_stats(app->flow)->inflight, (long long)ms);
+	proxy_server_drain(app->data);
+	evtimer_add(app->grace, &tv);
+	if (proxy_flow_stats(app->flow)->inflight == 0)
+		event_base_loopexit(app->base, NULL);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	struct app *app = arg;
+
+	(void)sig;
+	(void)what;
+	log_warn("SIGHUP ignored: live reload arrives with the admission limiter; restart to apply changes",
+		 "config=%s", app->conf->path);
+}
+
+static void app_free(struct app *app)
+{
+	proxy_server_free(app->data);
+	proxy_server_free(app->admin);
+	proxy_flow_free(app->flow);
+	proxy_upstream_free(app->up);
+	if (app->sig_term)
+		event_free(app->sig_term);
+	if (app->sig_int)
+		event_free(app->sig_int);
+	if (app->sig_hup)
+		event_free(app->sig_hup);
+	if (app->grace)
+		event_free(app->grace);
+	if (app->base)
+		event_base_free(app->base);
+	conf_free(app->conf);
+	metrics_deinit();
+}
+
+static int run(struct conf *conf)
+{
+	struct app app;
+	char err[512];
+	struct proxy_server_cbs data_cbs = { data_body_cap, data_handle };
+	struct proxy_server_cbs admin_cbs = { admin_body_cap, admin_handle };
+
+	memset(&app, 0, sizeof(app));
+	app.conf = conf;
+	signal(SIGPIPE, SIG_IGN);
+	if (metrics_init() < 0) {
+		log_error("cannot start", "error=\"out of memory\"");
+		conf_free(conf);
+		return 1;
+	}
+	metrics_set(METRICS_CONFIG_RELOAD_OK, NULL, NULL, 1);
+	app.base = event_base_new();
+	if (!app.base) {
+		log_error("cannot start", "error=\"event_base_new failed\"");
+		app_free(&app);
+		return 1;
+	}
+	app.up = proxy_upstream_new(app.base, conf->upstream_host, conf->upstream_port, conf->upstream_path,
+				    conf->upstream_timeout_ms, (size_t)conf->upstream_max_connections, err, sizeof(err));
+	if (!app.up) {
+		log_error("cannot start", "key=upstream.url error=\"%s\"", err);
+		app_free(&app);
+		return 1;
+	}
+	app.flow = proxy_flow_new(conf, app.up);
+	app.admin_ctx = (struct proxy_admin){ .conf = conf, .flow = app.flow, .up = app.up, .started = time(NULL) };
+	app.shared_listener = strcmp(conf->listen, conf->admin_listen) == 0;
+	app.data = proxy_server_new(app.base, "read", conf->listen, &data_cbs, &app, err, sizeof(err));
+	if (!app.data) {
+		log_error("cannot start", "key=listen error=\"%s\"", err);
+		app_free(&app);
+		return 1;
+	}
+	if (!app.shared_listener) {
+		app.admin = proxy_server_new(app.base, "admin", conf->admin_listen, &admin_cbs, &app, err, sizeof(err));
+		if (!app.admin) {
+			log_error("cannot start", "key=admin_listen error=\"%s\"", err);
+			app_free(&app);
+			return 1;
+		}
+	}
+	proxy_flow_on_idle(app.flow, on_idle, &app);
+	app.sig_term = evsignal_new(app.base, SIGTERM, on_stop_signal, &app);
+	app.sig_int = evsignal_new(app.base, SIGINT, on_stop_signal, &app);
+	app.sig_hup = evsignal_new(app.base, SIGHUP, on_hup, &app);
+	app.grace = evtimer_new(app.base, grace_cb, &app);
+	if (!app.flow || !app.sig_term || !app.sig_int || !app.sig_hup || !app.grace) {
+		log_error("cannot start", "error=\"out of memory\"");
+		app_free(&app);
+		return 1;
+	}
+	evsignal_add(app.sig_term, NULL);
+	evsignal_add(app.sig_int, NULL);
+	evsignal_add(app.sig_hup, NULL);
+
+	log_info("listening", "version=%s listen=%s admin_listen=%s read_path=%s upstream=%s mode=%s", PROMGUARD_VERSION,
+		 conf->listen, conf->admin_listen, conf->read_path, conf->upstream_url,
+		 conf->mode == CONF_MODE_DRY_RUN ? "dry_run" : "enforce");
+	event_base_dispatch(app.base);
+	log_info("stopped", "requests=%llu", (unsigned long long)proxy_flow_stats(app.flow)->requests);
+	app_free(&app);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	static const struct option opts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, 'C' },
+		{ "log-level", required_argument, NULL, 'l' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "describe-metrics", no_argument, NULL, 'M' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
+	};
+	const char *path = DEFAULT_CONFIG, *level = NULL;
+	int check = 0, opt;
+	enum log_level lvl;
+	struct conf *conf = NULL;
+	struct evbuffer *out;
+
+	if (argc >= 2 && strcmp(argv[1], "decode") == 0) {
+		if (argc > 3) {
+			usage(stderr);
+			return 2;
+		}
+		return cmd_decode(argc == 3 ? argv[2] : NULL);
+	}
+	while ((opt = getopt_long(argc, argv, "c:h", opts, NULL)) != -1) {
+		switch (opt) {
+		case 'c': path = optarg; break;
+		case 'C': check = 1; break;
+		case 'l': level = optarg; break;
+		case 'V': print_version(); return 0;
+		case 'M':
+			out = evbuffer_new();
+			metrics_describe(out);
+			evbuffer_write(out, STDOUT_FILENO);
+			evbuffer_free(out);
+			return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (optind < argc) {
+		fprintf(stderr, "promguard: unexpected argument: %s\n", argv[optind]);
+		usage(stderr);
+		return 2;
+	}
+	if (level && log_level_parse(level, &lvl) < 0) {
+		fprintf(stderr, "promguard: --log-level: must be debug, info, warn or error, got \"%s\"\n", level);
+		return 2;
+	}
+
+	out = evbuffer_new();
+	if (!out)
+		return 1;
+	if (conf_load(path, &conf, out) < 0) {
+		evbuffer_write(out, STDERR_FILENO);
+		evbuffer_free(out);
+		if (!check)
+			fprintf(stderr, "promguard: configuration invalid; not starting\n");
+		return 1;
+	}
+	if (check) {
+		conf_print_report(conf, out);
+		evbuffer_write(out, STDOUT_FILENO);
+		evbuffer_free(out);
+		conf_free(conf);
+		return 0;
+	}
+	evbuffer_free(out);
+	if (!level || log_level_parse(level, &lvl) < 0)
+		if (log_level_parse(conf->log_level, &lvl) < 0)
+			lvl = LOG_INFO;
+	log_set_level(lvl);
+	return run(conf);
+}

@@ -1,0 +1,21 @@
+/* netaddr: "host:port" parsing and socket address printing, shared by listeners and upstream. */
+#ifndef PROMGUARD_NETADDR_H
+#define PROMGUARD_NETADDR_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+/*
+ * Resolve <hostport> ("127.0.0.1:9201", "[::1]:9201", "localhost:9201") into <ss>/<len>,
+ * numeric hosts without DNS. Blocking (getaddrinfo): call at start-up or reload only.
+ * Returns 0, or -EINVAL for a malformed string, -ENOENT when the name does not resolve.
+ */
+int netaddr_parse(const char *hostport, struct sockaddr_storage *ss, socklen_t *len);
+
+/* Split <hostport> into <host> (brackets removed) and *<port>. Returns 0 or -EINVAL. */
+int netaddr_split(const char *hostport, char *host, size_t hostlen, int *port);
+
+/* Print <sa> as "ip:port" ("[v6]:port" for IPv6) into <buf>. Returns <buf>. */
+const char *netaddr_format(const struct sockaddr *sa, char *buf, size_t n);
+
+#endif
