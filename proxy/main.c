@@ -189,7 +189,7 @@ static void data_handle(struct proxy_req *req, void *arg)
 		proxy_flow_handle(app->flow, req);
 	else if (app->shared_listener && proxy_admin_owns(proxy_req_path(req)))
 		proxy_admin_handle(&app->admin_ctx, req);
-	else
+	else if (proxy_req_add_header(req, "X-Promguard-Decision", "reject; reason=not_found; estimate=0; source=none") == 0)
 		proxy_req_reply_text(req, 404, "promguard: not found: %.200s (remote read is served on %s)",
 				     proxy_req_path(req), app->conf->read_path);
 }
