@@ -4,7 +4,9 @@
  *
  * Incremental and copy-free: bytes are fed as they arrive from the store, split anywhere; the
  * CRC is updated and the message walked in place, so a frame is never buffered. A series that the
- * store splits across consecutive frames (same labels, same query_index) counts once.
+ * store splits across consecutive frames (same labels, same query_index) counts once: series are
+ * identified by an XXH3 hash of their label bytes, compared with the series just before them.
+ * Error lines name the 0-based frame index ("frame 3: checksum mismatch: got 0x... want 0x...").
  */
 #ifndef PROMGUARD_PROTO_FRAME_H
 #define PROMGUARD_PROTO_FRAME_H
@@ -16,7 +18,7 @@ struct proto_frame_counts {
 	uint64_t series; /* distinct ChunkedSeries */
 	uint64_t chunks; /* Chunk entries */
 	uint64_t bytes;  /* frame bytes including length and CRC */
-	uint64_t frames;
+	uint64_t frames; /* frames whose query_index is this one */
 };
 
 struct proto_frame_reader;
@@ -29,8 +31,10 @@ struct proto_frame_reader *proto_frame_reader_new(size_t max_frame, size_t max_q
 void proto_frame_reader_free(struct proto_frame_reader *r);
 
 /*
- * Feed <len> bytes. Returns 0, or with one line in <err>:
- *   -EBADMSG  bad varint, CRC mismatch, or a message that is not a valid ChunkedReadResponse
+ * Feed <len> bytes. A frame's counts are credited when its last byte arrives (query_index comes
+ * last on the wire). Returns 0, or with one line in <err>:
+ *   -EBADMSG  bad varint, CRC mismatch, a message that is not a valid ChunkedReadResponse, or a
+ *             negative query_index
  *   -E2BIG    a frame longer than <max_frame>, or a query_index >= <max_queries>
  * After an error the reader stays failed.
  */
@@ -42,7 +46,8 @@ int proto_frame_finish(struct proto_frame_reader *r, char *err, size_t errlen);
 /* Counts per query_index (array of *<n>, index = query_index). (ref) */
 const struct proto_frame_counts *proto_frame_results(const struct proto_frame_reader *r, size_t *n);
 
-/* CRC-32C (Castagnoli) of <len> bytes continuing from <crc> (start with 0). */
+/* CRC-32C (Castagnoli) of <len> bytes continuing from <crc> (start with 0); check("123456789")
+ * = 0xE3069283. Table-driven (slicing-by-8), thread-safe. */
 uint32_t proto_crc32c(uint32_t crc, const uint8_t *data, size_t len);
 
 #endif

@@ -18,12 +18,14 @@ struct proto_scan_counts {
 	uint64_t series;     /* TimeSeries */
 	uint64_t samples;    /* Sample entries */
 	uint64_t histograms; /* Histogram entries */
-	uint64_t bytes;      /* bytes of the QueryResult message */
+	uint64_t bytes;      /* bytes of the QueryResult message (its contents, without key and length) */
 };
 
 struct proto_scan;
 
-/* New scanner that tracks at most <max_queries> results; NULL on ENOMEM. */
+/* New scanner that tracks at most <max_queries> results; NULL on ENOMEM. Free with proto_scan_free
+ * (NULL is accepted). Unknown fields at every level (e.g. M3's TimeSeries fields 101, 102, 1001)
+ * are skipped. */
 struct proto_scan *proto_scan_new(size_t max_queries);
 void proto_scan_free(struct proto_scan *s);
 
@@ -40,7 +42,8 @@ int proto_scan_finish(struct proto_scan *s, char *err, size_t errlen);
 /* Results seen so far and their counts. (ref) valid until the next feed or free. */
 const struct proto_scan_counts *proto_scan_results(const struct proto_scan *s, size_t *n);
 
-/* One-shot helper over a whole buffer. */
+/* One-shot helper over a whole buffer: feed + finish. <out> must hold <max_queries> entries; on
+ * success *<n_out> of them are filled. Same return codes as feed/finish, or -ENOMEM. */
 int proto_scan_samples(const uint8_t *buf, size_t len, struct proto_scan_counts *out, size_t max_queries,
 		       size_t *n_out, char *err, size_t errlen);
 

@@ -1,0 +1,406 @@
+/*
+ * proto_frame: incremental reader for STREAMED_XOR_CHUNKS bodies (see frame.h).
+ *
+ * Frame layout (storage/remote/chunked.go): uvarint message length, CRC-32C of the message as
+ * 4 bytes big-endian, then the message, a prometheus.ChunkedReadResponse:
+ *   depth 0  ChunkedReadResponse { 1: ChunkedSeries chunked_series, 2: int64 query_index }
+ *   depth 1  ChunkedSeries       { 1: Label labels, 2: Chunk chunks }
+ * The message is never buffered: the CRC is updated and the wire walker advanced on each piece.
+ * query_index follows the series on the wire, so a frame's tallies are kept aside and credited
+ * to its query when the frame ends.
+ *
+ * A series split across frames: every ChunkedSeries' label bytes are hashed (XXH3-64); a series
+ * whose (query_index, label hash) equals the one just before it, in the same frame or at the end
+ * of the previous frame, continues that series and is not counted again.
+ */
+#include "proto/frame.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "proto/wire.h"
+
+/* Field numbers of the messages walked. */
+#define RESPONSE_SERIES 1u
+#define RESPONSE_QUERY_INDEX 2u
+#define SERIES_LABELS 1u
+#define SERIES_CHUNKS 2u
+
+/* Bytes of the big-endian CRC that follows the length. */
+#define FRAME_CRC_BYTES 4
+
+enum frame_state {
+	FRAME_LENGTH = 0, /* reading the uvarint length (or at a clean frame boundary) */
+	FRAME_CRC,        /* reading the 4 checksum bytes */
+	FRAME_MESSAGE,    /* walking the message */
+	FRAME_FAILED,     /* sticky error */
+};
+
+/* Tallies of the frame being read; credited to query_index at the frame's end. */
+struct frame_tally {
+	uint64_t series;        /* ChunkedSeries not continuing the previous one */
+	uint64_t chunks;        /* Chunk entries */
+	int64_t query_index;    /* field 2, 0 when absent (proto3 default) */
+	int have_series;        /* at least one ChunkedSeries finished in this frame */
+	uint64_t first_hash;    /* label hash of the frame's first series */
+	uint64_t last_hash;     /* label hash of the frame's latest series */
+};
+
+struct proto_frame_reader {
+	enum frame_state state;
+	size_t max_frame;                 /* cap on one message's length */
+	size_t max_queries;               /* capacity of <counts> */
+	struct proto_frame_counts *counts;/* [max_queries], first n_counts in use */
+	size_t n_counts;                  /* 1 + highest query_index seen */
+	uint64_t frame_no;                /* 0-based index of the frame being read */
+	struct proto_varint length;       /* length prefix being read */
+	unsigned length_bytes;            /* bytes of the length prefix */
+	uint64_t msg_len;                 /* message length of the current frame */
+	uint8_t crc_buf[FRAME_CRC_BYTES]; /* checksum bytes read so far */
+	unsigned crc_have;                /* how many of them */
+	uint32_t crc;                     /* running CRC-32C of the message */
+	struct proto_walk walk;           /* walker over the current message */
+	XXH3_state_t *hash;               /* label hash of the series being walked */
+	struct frame_tally tally;         /* current frame */
+	int prev_valid;                   /* a series was seen in an earlier frame */
+	int64_t prev_query;               /* query_index of that frame */
+	uint64_t prev_hash;               /* label hash of its last series */
+	int error;                        /* sticky negative errno */
+};
+
+/* ---- CRC-32C ---------------------------------------------------------------------------- */
+
+/*
+ * Hand-written because no Debian C library ships CRC-32C (zlib has only CRC-32). Slicing-by-8:
+ * table[0] is the classic reflected byte table for polynomial 0x82F63B78; table[k][b] is the CRC
+ * of byte b followed by k zero bytes, so eight input bytes are folded per step. The tables are
+ * built once, thread-safely, on first use.
+ */
+#define CRC32C_POLY 0x82F63B78u
+
+static uint32_t crc_table[8][256];
+static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
+
+static void crc_tables_build(void)
+{
+	for (uint32_t b = 0; b < 256; b++) {
+		uint32_t c = b;
+
+		for (int i = 0; i < 8; i++)
+			c = (c >> 1) ^ (c & 1 ? CRC32C_POLY : 0);
+		crc_table[0][b] = c;
+	}
+	for (uint32_t b = 0; b < 256; b++)
+		for (int k = 1; k < 8; k++)
+			crc_table[k][b] = (crc_table[k - 1][b] >> 8) ^ crc_table[0][crc_table[k - 1][b] & 0xff];
+}
+
+uint32_t proto_crc32c(uint32_t crc, const uint8_t *data, size_t len)
+{
+	pthread_once(&crc_once, crc_tables_build);
+	crc = ~crc;
+	while (len >= 8) {
+		/* Assemble little-endian words byte by byte: no alignment or endianness assumptions. */
+		uint32_t lo = crc ^ ((uint32_t)data[0] | (uint32_t)data[1] << 8 | (uint32_t)data[2] << 16 |
+				     (uint32_t)data[3] << 24);
+
+		crc = crc_table[7][lo & 0xff] ^ crc_table[6][(lo >> 8) & 0xff] ^ crc_table[5][(lo >> 16) & 0xff] ^
+		      crc_table[4][lo >> 24] ^ crc_table[3][data[4]] ^ crc_table[2][data[5]] ^
+		      crc_table[1][data[6]] ^ crc_table[0][data[7]];
+		data += 8;
+		len -= 8;
+	}
+	while (len--)
+		crc = (crc >> 8) ^ crc_table[0][(crc ^ *data++) & 0xff];
+	return ~crc;
+}
+
+/* ---- message walk ----------------------------------------------------------------------- */
+
+/* A message field must arrive as LEN; any other wire type means a corrupt frame. */
+static int want_type(const struct proto_walk_field *f, enum proto_wire_type want, const char *what, char *err,
+		     size_t errlen)
+{
+	if (f->type == want)
+		return 0;
+	snprintf(err, errlen, "%s (field %" PRIu32 ") at byte %" PRIu64 " has wire type %d, want %d", what, f->number,
+		 f->offset, (int)f->type, (int)want);
+	return -EBADMSG;
+}
+
+/* Walker callback: open series, hash their labels, count chunks, read query_index. */
+static int frame_on_field(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen)
+{
+	struct proto_frame_reader *r = ctx;
+	int rc;
+
+	if (f->depth == 0) {
+		if (f->number == RESPONSE_SERIES) {
+			if ((rc = want_type(f, PROTO_WT_LEN, "ChunkedReadResponse.chunked_series", err, errlen)) < 0)
+				return rc;
+			XXH3_64bits_reset(r->hash);
+			return PROTO_WALK_DESCEND;
+		}
+		if (f->number == RESPONSE_QUERY_INDEX) {
+			if ((rc = want_type(f, PROTO_WT_VARINT, "ChunkedReadResponse.query_index", err, errlen)) < 0)
+				return rc;
+			/* int64 on the wire: two's complement in a uvarint. */
+			r->tally.query_index = (int64_t)f->value;
+		}
+		return PROTO_WALK_SKIP;
+	}
+	if (f->number == SERIES_LABELS) {
+		uint64_t len = f->value;
+
+		if ((rc = want_type(f, PROTO_WT_LEN, "ChunkedSeries.labels", err, errlen)) < 0)
+			return rc;
+		/* Hash each label's length before its bytes so label boundaries count. */
+		XXH3_64bits_update(r->hash, &len, sizeof(len));
+		return PROTO_WALK_BYTES;
+	}
+	if (f->number == SERIES_CHUNKS) {
+		if ((rc = want_type(f, PROTO_WT_LEN, "ChunkedSeries.chunks", err, errlen)) < 0)
+			return rc;
+		r->tally.chunks++;
+	}
+	return PROTO_WALK_SKIP;
+}
+
+/* Walker callback: label bytes go into the series hash. */
+static void frame_on_bytes(void *ctx, const struct proto_walk_field *f, const uint8_t *data, size_t len)
+{
+	struct proto_frame_reader *r = ctx;
+
+	(void)f;
+	XXH3_64bits_update(r->hash, data, len);
+}
+
+/* Walker callback: a ChunkedSeries ended; count it unless it continues the previous one. */
+static int frame_on_end(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen)
+{
+	struct proto_frame_reader *r = ctx;
+	struct frame_tally *t = &r->tally;
+	uint64_t h;
+
+	(void)err;
+	(void)errlen;
+	if (f->depth != 0)
+		return 0; /* end of a label */
+	h = XXH3_64bits_digest(r->hash);
+	if (!t->have_series) {
+		/* Whether it continues the previous frame is known only once query_index is. */
+		t->have_series = 1;
+		t->first_hash = h;
+		t->series++;
+	} else if (h != t->last_hash) {
+		t->series++;
+	}
+	t->last_hash = h;
+	return 0;
+}
+
+static const struct proto_walk_ops frame_ops = {
+	.on_field = frame_on_field,
+	.on_bytes = frame_on_bytes,
+	.on_end = frame_on_end,
+};
+
+/* ---- framing ---------------------------------------------------------------------------- */
+
+struct proto_frame_reader *proto_frame_reader_new(size_t max_frame, size_t max_queries)
+{
+	struct proto_frame_reader *r = calloc(1, sizeof(*r));
+
+	if (!r)
+		return NULL;
+	/* calloc(0) may return NULL; keep one slot so a NULL always means ENOMEM. */
+	r->counts = calloc(max_queries ? max_queries : 1, sizeof(*r->counts));
+	r->hash = XXH3_createState();
+	if (!r->counts || !r->hash) {
+		proto_frame_reader_free(r);
+		return NULL;
+	}
+	r->max_frame = max_frame;
+	r->max_queries = max_queries;
+	return r;
+}
+
+void proto_frame_reader_free(struct proto_frame_reader *r)
+{
+	if (!r)
+		return;
+	XXH3_freeState(r->hash);
+	free(r->counts);
+	free(r);
+}
+
+/* Record a sticky failure; <err> already holds the message. */
+static int frame_fail(struct proto_frame_reader *r, int rc)
+{
+	r->state = FRAME_FAILED;
+	r->error = rc;
+	return rc;
+}
+
+/* Rewrite a walker message in <err> as "frame N: bad ChunkedReadResponse: <detail>"; byte
+ * offsets in <detail> count from the start of that frame's message. */
+static int frame_bad_message(struct proto_frame_reader *r, int rc, char *err, size_t errlen)
+{
+	char detail[200];
+
+	snprintf(detail, sizeof(detail), "%s", err);
+	snprintf(err, errlen, "frame %" PRIu64 ": bad ChunkedReadResponse: %s", r->frame_no, detail);
+	return frame_fail(r, rc);
+}
+
+/* The length is known: check it against the cap and start the checksum. */
+static int frame_begin(struct proto_frame_reader *r, char *err, size_t errlen)
+{
+	r->msg_len = r->length.value;
+	if (r->msg_len > r->max_frame) {
+		snprintf(err, errlen, "frame %" PRIu64 ": message of %" PRIu64 " bytes is above the frame limit of %zu",
+			 r->frame_no, r->msg_len, r->max_frame);
+		return frame_fail(r, -E2BIG);
+	}
+	r->state = FRAME_CRC;
+	r->crc_have = 0;
+	return 0;
+}
+
+/* The message is complete: verify it, then credit the tallies to its query. */
+static int frame_end(struct proto_frame_reader *r, char *err, size_t errlen)
+{
+	struct frame_tally *t = &r->tally;
+	struct proto_frame_counts *c;
+	uint32_t want = (uint32_t)r->crc_buf[0] << 24 | (uint32_t)r->crc_buf[1] << 16 | (uint32_t)r->crc_buf[2] << 8 |
+			r->crc_buf[3];
+	int rc;
+
+	/* Checksum first: a corrupt frame's walk errors are secondary. */
+	if (r->crc != want) {
+		snprintf(err, errlen, "frame %" PRIu64 ": checksum mismatch: got 0x%08" PRIx32 " want 0x%08" PRIx32,
+			 r->frame_no, r->crc, want);
+		return frame_fail(r, -EBADMSG);
+	}
+	if ((rc = proto_walk_finish(&r->walk, err, errlen)) < 0)
+		return frame_bad_message(r, rc, err, errlen);
+	if (t->query_index < 0) {
+		snprintf(err, errlen, "frame %" PRIu64 ": bad ChunkedReadResponse: negative query_index %" PRId64, r->frame_no,
+			 t->query_index);
+		return frame_fail(r, -EBADMSG);
+	}
+	if ((uint64_t)t->query_index >= r->max_queries) {
+		snprintf(err, errlen, "frame %" PRIu64 ": query_index %" PRId64 " is not below the %zu queries tracked",
+			 r->frame_no, t->query_index, r->max_queries);
+		return frame_fail(r, -E2BIG);
+	}
+	if (t->have_series && r->prev_valid && r->prev_query == t->query_index && r->prev_hash == t->first_hash)
+		t->series--; /* the first series continues the previous frame's last one */
+	/* A frame without series leaves the previous one in place: it cannot break a split. */
+	if (t->have_series) {
+		r->prev_valid = 1;
+		r->prev_query = t->query_index;
+		r->prev_hash = t->last_hash;
+	}
+	c = &r->counts[t->query_index];
+	c->series += t->series;
+	c->chunks += t->chunks;
+	c->bytes += r->length_bytes + FRAME_CRC_BYTES + r->msg_len;
+	c->frames++;
+	if ((size_t)t->query_index >= r->n_counts)
+		r->n_counts = (size_t)t->query_index + 1;
+	r->frame_no++;
+	r->state = FRAME_LENGTH;
+	proto_varint_reset(&r->length);
+	r->length_bytes = 0;
+	return 0;
+}
+
+/* All four checksum bytes are in: start walking the message. */
+static int frame_begin_message(struct proto_frame_reader *r, char *err, size_t errlen)
+{
+	r->state = FRAME_MESSAGE;
+	r->crc = 0;
+	r->tally = (struct frame_tally){ 0 };
+	proto_walk_init(&r->walk, &frame_ops, r, r->msg_len);
+	return r->msg_len == 0 ? frame_end(r, err, errlen) : 0;
+}
+
+int proto_frame_feed(struct proto_frame_reader *r, const uint8_t *data, size_t len, char *err, size_t errlen)
+{
+	const uint8_t *p = data, *end = data + len;
+	int rc = 0;
+
+	if (r->state == FRAME_FAILED) {
+		snprintf(err, errlen, "frame reader already failed");
+		return r->error;
+	}
+	while (p < end && rc == 0) {
+		switch (r->state) {
+		case FRAME_LENGTH: {
+			const uint8_t *start = p;
+			int st = proto_varint_feed(&r->length, &p, end);
+
+			r->length_bytes += (unsigned)(p - start);
+			if (st == PROTO_VARINT_BAD) {
+				snprintf(err, errlen, "frame %" PRIu64 ": bad varint in the length prefix", r->frame_no);
+				return frame_fail(r, -EBADMSG);
+			}
+			if (st == PROTO_VARINT_DONE)
+				rc = frame_begin(r, err, errlen);
+			break;
+		}
+		case FRAME_CRC:
+			while (p < end && r->crc_have < FRAME_CRC_BYTES)
+				r->crc_buf[r->crc_have++] = *p++;
+			if (r->crc_have == FRAME_CRC_BYTES)
+				rc = frame_begin_message(r, err, errlen);
+			break;
+		case FRAME_MESSAGE: {
+			uint64_t left = r->msg_len - proto_walk_offset(&r->walk);
+			size_t n = (uint64_t)(end - p) < left ? (size_t)(end - p) : (size_t)left;
+
+			r->crc = proto_crc32c(r->crc, p, n);
+			/* A walk error is reported at once, at the same offset however the body is split. */
+			if ((rc = proto_walk_feed(&r->walk, p, n, err, errlen)) < 0)
+				return frame_bad_message(r, rc, err, errlen);
+			p += n;
+			if (proto_walk_offset(&r->walk) == r->msg_len)
+				rc = frame_end(r, err, errlen);
+			break;
+		}
+		case FRAME_FAILED:
+			return r->error;
+		}
+	}
+	return rc;
+}
+
+int proto_frame_finish(struct proto_frame_reader *r, char *err, size_t errlen)
+{
+	if (r->state == FRAME_FAILED) {
+		snprintf(err, errlen, "frame reader already failed");
+		return r->error;
+	}
+	if (r->state == FRAME_LENGTH && r->length_bytes == 0)
+		return 0;
+	if (r->state == FRAME_LENGTH)
+		snprintf(err, errlen, "frame %" PRIu64 ": body ends inside the length prefix", r->frame_no);
+	else if (r->state == FRAME_CRC)
+		snprintf(err, errlen, "frame %" PRIu64 ": body ends inside the checksum", r->frame_no);
+	else
+		snprintf(err, errlen, "frame %" PRIu64 ": body ends after %" PRIu64 " of %" PRIu64 " message bytes",
+			 r->frame_no, proto_walk_offset(&r->walk), r->msg_len);
+	return frame_fail(r, -EBADMSG);
+}
+
+const struct proto_frame_counts *proto_frame_results(const struct proto_frame_reader *r, size_t *n)
+{
+	*n = r->n_counts;
+	return r->counts;
+}

@@ -1,0 +1,192 @@
+/*
+ * proto_scan: count series, samples, histograms and bytes per QueryResult of a decompressed
+ * prometheus.ReadResponse, walking the wire format incrementally (see scan.h).
+ *
+ * Schema followed (field numbers from prompb/remote.proto and types.proto):
+ *   depth 0  ReadResponse  { 1: QueryResult results }
+ *   depth 1  QueryResult   { 1: TimeSeries timeseries }
+ *   depth 2  TimeSeries    { 1: labels, 2: Sample samples, 3: exemplars, 4: Histogram histograms }
+ * Everything else, at any depth, is skipped; Sample and Histogram bodies are counted, not read.
+ */
+#include "proto/scan.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "proto/wire.h"
+
+/* Field numbers and nesting levels of the messages the scanner looks into. */
+#define RESPONSE_RESULTS 1u
+#define RESULT_TIMESERIES 1u
+#define SERIES_SAMPLES 2u
+#define SERIES_HISTOGRAMS 4u
+
+enum scan_depth {
+	DEPTH_RESPONSE = 0,
+	DEPTH_RESULT = 1,
+	DEPTH_SERIES = 2,
+};
+
+struct proto_scan {
+	struct proto_walk walk;            /* wire walker over the whole body */
+	struct proto_scan_counts *results; /* [max_queries] counts, first n_results used */
+	size_t max_queries;                /* capacity of <results> */
+	size_t n_results;                  /* QueryResults opened so far */
+	int error;                         /* sticky negative errno, 0 while healthy */
+};
+
+/* A message field must arrive as LEN; any other wire type means a corrupt body. */
+static int want_len(const struct proto_walk_field *f, const char *what, char *err, size_t errlen)
+{
+	if (f->type == PROTO_WT_LEN)
+		return 0;
+	snprintf(err, errlen, "%s (field %" PRIu32 ") at byte %" PRIu64 " has wire type %d, want 2", what, f->number,
+		 f->offset, (int)f->type);
+	return -EBADMSG;
+}
+
+/* Walker callback: open results and series, count samples and histograms, skip the rest. */
+static int scan_on_field(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen)
+{
+	struct proto_scan *s = ctx;
+	struct proto_scan_counts *cur;
+	int rc;
+
+	switch (f->depth) {
+	case DEPTH_RESPONSE:
+		if (f->number != RESPONSE_RESULTS)
+			return PROTO_WALK_SKIP;
+		if ((rc = want_len(f, "ReadResponse.results", err, errlen)) < 0)
+			return rc;
+		if (s->n_results == s->max_queries) {
+			snprintf(err, errlen, "response has more than %zu results", s->max_queries);
+			return -E2BIG;
+		}
+		/* The length prefix gives the result's size before any of it arrives. */
+		s->results[s->n_results++].bytes = f->value;
+		return PROTO_WALK_DESCEND;
+	case DEPTH_RESULT:
+		if (f->number != RESULT_TIMESERIES)
+			return PROTO_WALK_SKIP;
+		if ((rc = want_len(f, "QueryResult.timeseries", err, errlen)) < 0)
+			return rc;
+		s->results[s->n_results - 1].series++;
+		return PROTO_WALK_DESCEND;
+	case DEPTH_SERIES:
+		cur = &s->results[s->n_results - 1];
+		if (f->number == SERIES_SAMPLES) {
+			if ((rc = want_len(f, "TimeSeries.samples", err, errlen)) < 0)
+				return rc;
+			cur->samples++;
+		} else if (f->number == SERIES_HISTOGRAMS) {
+			if ((rc = want_len(f, "TimeSeries.histograms", err, errlen)) < 0)
+				return rc;
+			cur->histograms++;
+		}
+		return PROTO_WALK_SKIP;
+	default:
+		return PROTO_WALK_SKIP; /* not reached: the scanner never descends below series */
+	}
+}
+
+static const struct proto_walk_ops scan_ops = {
+	.on_field = scan_on_field,
+};
+
+struct proto_scan *proto_scan_new(size_t max_queries)
+{
+	struct proto_scan *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return NULL;
+	/* calloc(0) may return NULL; keep one slot so a NULL always means ENOMEM. */
+	s->results = calloc(max_queries ? max_queries : 1, sizeof(*s->results));
+	if (!s->results) {
+		free(s);
+		return NULL;
+	}
+	s->max_queries = max_queries;
+	proto_walk_init(&s->walk, &scan_ops, s, UINT64_MAX);
+	return s;
+}
+
+void proto_scan_free(struct proto_scan *s)
+{
+	if (!s)
+		return;
+	free(s->results);
+	free(s);
+}
+
+/*
+ * Prefix the walker's message so callers can tell where it came from ("ReadResponse corrupt: ..."
+ * from feed, "ReadResponse truncated: ..." from finish) and make the failure sticky.
+ */
+static int scan_failed(struct proto_scan *s, int rc, const char *what, char *err, size_t errlen)
+{
+	char detail[200];
+
+	snprintf(detail, sizeof(detail), "%s", err);
+	snprintf(err, errlen, "ReadResponse %s: %s", what, detail);
+	s->error = rc;
+	return rc;
+}
+
+/* Counts are updated as soon as a field's header is read, so results are live between feeds. */
+int proto_scan_feed(struct proto_scan *s, const uint8_t *data, size_t len, char *err, size_t errlen)
+{
+	int rc;
+
+	if (s->error) {
+		snprintf(err, errlen, "ReadResponse scan already failed");
+		return s->error;
+	}
+	rc = proto_walk_feed(&s->walk, data, len, err, errlen);
+	return rc < 0 ? scan_failed(s, rc, "corrupt", err, errlen) : 0;
+}
+
+int proto_scan_finish(struct proto_scan *s, char *err, size_t errlen)
+{
+	int rc;
+
+	if (s->error) {
+		snprintf(err, errlen, "ReadResponse scan already failed");
+		return s->error;
+	}
+	rc = proto_walk_finish(&s->walk, err, errlen);
+	return rc < 0 ? scan_failed(s, rc, "truncated", err, errlen) : 0;
+}
+
+const struct proto_scan_counts *proto_scan_results(const struct proto_scan *s, size_t *n)
+{
+	*n = s->n_results;
+	return s->results;
+}
+
+int proto_scan_samples(const uint8_t *buf, size_t len, struct proto_scan_counts *out, size_t max_queries,
+		       size_t *n_out, char *err, size_t errlen)
+{
+	struct proto_scan *s = proto_scan_new(max_queries);
+	const struct proto_scan_counts *res;
+	size_t n;
+	int rc;
+
+	*n_out = 0;
+	if (!s) {
+		snprintf(err, errlen, "out of memory");
+		return -ENOMEM;
+	}
+	rc = proto_scan_feed(s, buf, len, err, errlen);
+	if (rc == 0)
+		rc = proto_scan_finish(s, err, errlen);
+	if (rc == 0) {
+		res = proto_scan_results(s, &n);
+		for (size_t i = 0; i < n; i++)
+			out[i] = res[i];
+		*n_out = n;
+	}
+	proto_scan_free(s);
+	return rc;
+}

@@ -1,0 +1,141 @@
+/*
+ * proto_wire: incremental protobuf wire-format walker shared by proto_scan and proto_frame.
+ *
+ * Bytes arrive in pieces split at arbitrary offsets. The walker never buffers a field: varints
+ * (keys, lengths, values) are accumulated one byte at a time in a fixed-size state, and field
+ * contents are either skipped by counting down, handed to the caller piece by piece, or walked
+ * as a nested message. A consumer supplies one callback that sees each field once its header is
+ * complete and decides what to do with it.
+ *
+ * The walker struct is public so that it can be embedded without an allocation; treat its
+ * members as private.
+ */
+#ifndef PROMGUARD_PROTO_WIRE_H
+#define PROMGUARD_PROTO_WIRE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest valid varint: 64 bits in 7-bit groups. */
+#define PROTO_VARINT_MAX_BYTES 10
+
+/* Nesting the walker can follow (consumers here need at most 3). */
+#define PROTO_WALK_MAX_DEPTH 8
+
+/* Wire types (protobuf encoding spec); 3 and 4 are deprecated groups and rejected. */
+enum proto_wire_type {
+	PROTO_WT_VARINT = 0,
+	PROTO_WT_I64 = 1,
+	PROTO_WT_LEN = 2,
+	PROTO_WT_I32 = 5,
+};
+
+/* Incremental unsigned LEB128 decoder; zero-initialise (or proto_varint_reset) before use. */
+struct proto_varint {
+	uint64_t value; /* bits accumulated so far */
+	unsigned nbytes; /* bytes consumed so far */
+};
+
+enum proto_varint_status {
+	PROTO_VARINT_MORE = 0, /* all input consumed, varint still open */
+	PROTO_VARINT_DONE = 1, /* v->value holds the result */
+	PROTO_VARINT_BAD = -1, /* more than 10 bytes, or bits beyond 64 */
+};
+
+static inline void proto_varint_reset(struct proto_varint *v)
+{
+	v->value = 0;
+	v->nbytes = 0;
+}
+
+/*
+ * Consume bytes from *<p> (up to <end>) into <v>, advancing *<p> past the bytes used.
+ * Returns an enum proto_varint_status. After DONE or BAD, reset before decoding the next one.
+ */
+int proto_varint_feed(struct proto_varint *v, const uint8_t **p, const uint8_t *end);
+
+/* What the consumer wants done with a field's value. */
+enum proto_walk_action {
+	PROTO_WALK_SKIP = 0,    /* skip the value (for LEN fields: count the bytes down) */
+	PROTO_WALK_DESCEND = 1, /* LEN only: walk the contents as a nested message */
+	PROTO_WALK_BYTES = 2,   /* LEN only: deliver the contents through on_bytes */
+};
+
+/* A field whose header (key, plus the value for VARINT or the length for LEN) is complete. */
+struct proto_walk_field {
+	unsigned depth;      /* 0 = the outermost message */
+	uint32_t number;     /* field number, >= 1 */
+	enum proto_wire_type type;
+	uint64_t value;      /* VARINT: the value; LEN: the content length; else 0 */
+	uint64_t offset;     /* stream offset of the field's key */
+};
+
+struct proto_walk_ops {
+	/*
+	 * Required. Decide what to do with field <f>. Return an enum proto_walk_action, or a negative
+	 * errno after writing one line into <err> (the walk then fails with that code).
+	 */
+	int (*on_field)(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen);
+	/* Optional. A piece of the contents of a LEN field that on_field answered BYTES. */
+	void (*on_bytes)(void *ctx, const struct proto_walk_field *f, const uint8_t *data, size_t len);
+	/* Optional. The end of a field that on_field answered DESCEND or BYTES. */
+	int (*on_end)(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen);
+};
+
+/* One open message or BYTES field on the walker's stack. */
+struct proto_walk_level {
+	struct proto_walk_field field; /* the field that opened this level */
+	uint64_t end;                  /* stream offset one past its contents */
+};
+
+/* Walker state machine: what the next input bytes are. */
+enum proto_walk_state {
+	PROTO_WALK_KEY = 0, /* a field key (or the end of the current message) */
+	PROTO_WALK_VALUE,   /* a VARINT value */
+	PROTO_WALK_LENGTH,  /* a LEN length prefix */
+	PROTO_WALK_SKIPPING,/* <skip_left> bytes to drop */
+	PROTO_WALK_CONTENT, /* BYTES contents delivered to on_bytes */
+	PROTO_WALK_FAILED,  /* sticky error */
+};
+
+struct proto_walk {
+	const struct proto_walk_ops *ops; /* (ref) */
+	void *ctx;                        /* (ref) passed to every callback */
+	enum proto_walk_state state;
+	struct proto_varint varint;       /* key, value or length being read */
+	struct proto_walk_field cur;      /* field whose header is being read */
+	uint64_t pos;                     /* stream offset of the next byte */
+	uint64_t skip_left;               /* PROTO_WALK_SKIPPING: bytes still to drop */
+	uint64_t limit;                   /* offset one past the outermost message */
+	unsigned depth;                   /* levels open in <stack> */
+	struct proto_walk_level stack[PROTO_WALK_MAX_DEPTH];
+	int error;                        /* negative errno once failed */
+};
+
+/*
+ * Start walking a new outermost message of <limit> bytes (UINT64_MAX: unbounded, ends when the
+ * input ends). <ops> and <ctx> are borrowed for the walker's lifetime.
+ */
+void proto_walk_init(struct proto_walk *w, const struct proto_walk_ops *ops, void *ctx, uint64_t limit);
+
+/*
+ * Feed <len> bytes. Returns 0, or a negative errno with one line in <err>: -EBADMSG for a bad
+ * varint, a group or unknown wire type, field number 0, a field running past its enclosing
+ * message, or nesting deeper than PROTO_WALK_MAX_DEPTH; or the code a callback returned.
+ * A bounded walker must not be fed past its limit (-EBADMSG). After an error it stays failed.
+ */
+int proto_walk_feed(struct proto_walk *w, const uint8_t *data, size_t len, char *err, size_t errlen);
+
+/*
+ * Declare the end of input. Returns 0 if the walker stands at a field boundary of the outermost
+ * message (and, when bounded, at its limit); -EBADMSG with a line naming the open field otherwise.
+ */
+int proto_walk_finish(struct proto_walk *w, char *err, size_t errlen);
+
+/* Bytes consumed so far. */
+static inline uint64_t proto_walk_offset(const struct proto_walk *w)
+{
+	return w->pos;
+}
+
+#endif

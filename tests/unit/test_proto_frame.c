@@ -1,0 +1,429 @@
+/*
+ * proto_frame: STREAMED_XOR_CHUNKS frame reading (counts per query, split series counted once,
+ * any split of the input) and its failure modes; proto_crc32c.
+ */
+#include <errno.h>
+
+#include "proto/frame.h"
+#include "proto_testutil.h"
+
+#define MAXQ 4
+#define MAX_FRAME 1000000
+
+/* Vector figures (tests/vectors/README.md): 3 series, each split over 2 frames of 1 chunk. */
+#define VEC_SERIES 3
+#define VEC_CHUNKS 6
+#define VEC_FRAMES 6
+#define VEC_BYTES 1663
+
+/* Bitwise CRC-32C, the reference the table-driven version must match. */
+static uint32_t crc32c_bitwise(const uint8_t *p, size_t n)
+{
+	uint32_t c = 0xffffffff;
+
+	while (n--) {
+		c ^= *p++;
+		for (int k = 0; k < 8; k++)
+			c = (c >> 1) ^ (c & 1 ? 0x82F63B78u : 0);
+	}
+	return ~c;
+}
+
+static void test_crc32c_matches_check_value_and_reference(void **state)
+{
+	uint8_t buf[300];
+
+	(void)state;
+	assert_int_equal(proto_crc32c(0, (const uint8_t *)"123456789", 9), 0xE3069283);
+	assert_int_equal(proto_crc32c(0, buf, 0), 0);
+	for (size_t i = 0; i < sizeof(buf); i++)
+		buf[i] = (uint8_t)(i * 131 + 7);
+	/* Every length and misalignment, whole and continued in two parts. */
+	for (size_t off = 0; off < 8; off++) {
+		for (size_t n = 0; n + off <= sizeof(buf); n += 7) {
+			uint32_t want = crc32c_bitwise(buf + off, n);
+
+			assert_int_equal(proto_crc32c(0, buf + off, n), want);
+			assert_int_equal(proto_crc32c(proto_crc32c(0, buf + off, n / 3), buf + off + n / 3, n - n / 3), want);
+		}
+	}
+}
+
+/* Read <n> bytes cut at <cuts> with a fresh reader; copy the counts out; return the status. */
+static int read_pieces(const uint8_t *p, size_t n, const size_t *cuts, size_t ncuts, size_t max_frame,
+		       struct proto_frame_counts *out, size_t *nres, char *err, size_t errlen)
+{
+	struct proto_frame_reader *r = proto_frame_reader_new(max_frame, MAXQ);
+	const struct proto_frame_counts *res;
+	size_t at = 0;
+	int rc = 0;
+
+	assert_non_null(r);
+	for (size_t i = 0; i <= ncuts && rc == 0; i++) {
+		size_t to = i < ncuts ? cuts[i] : n;
+
+		rc = proto_frame_feed(r, p + at, to - at, err, errlen);
+		at = to;
+	}
+	if (rc == 0)
+		rc = proto_frame_finish(r, err, errlen);
+	res = proto_frame_results(r, nres);
+	memcpy(out, res, *nres * sizeof(*res));
+	proto_frame_reader_free(r);
+	return rc;
+}
+
+static int read_all(const struct tbuf *b, struct proto_frame_counts *out, size_t *nres, char *err, size_t errlen)
+{
+	return read_pieces(b->data, b->len, NULL, 0, MAX_FRAME, out, nres, err, errlen);
+}
+
+static void assert_vector_counts(const struct proto_frame_counts *c, size_t n)
+{
+	assert_int_equal(n, 1);
+	assert_int_equal(c[0].series, VEC_SERIES);
+	assert_int_equal(c[0].chunks, VEC_CHUNKS);
+	assert_int_equal(c[0].frames, VEC_FRAMES);
+	assert_int_equal(c[0].bytes, VEC_BYTES);
+}
+
+static void test_counts_real_prometheus_stream(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin");
+	struct proto_frame_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(s.len, VEC_BYTES);
+	assert_int_equal(read_all(&s, out, &n, err, sizeof(err)), 0);
+	assert_vector_counts(out, n);
+	tb_free(&s);
+}
+
+static void test_same_counts_at_every_split_point(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin");
+	struct proto_frame_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	for (size_t cut = 0; cut <= s.len; cut++) {
+		assert_int_equal(read_pieces(s.data, s.len, &cut, 1, MAX_FRAME, out, &n, err, sizeof(err)), 0);
+		assert_vector_counts(out, n);
+	}
+	tb_free(&s);
+}
+
+static void test_same_counts_fed_one_byte_at_a_time(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin");
+	struct proto_frame_counts out[MAXQ];
+	size_t *cuts = malloc(s.len * sizeof(*cuts));
+	size_t n;
+	char err[256];
+
+	(void)state;
+	for (size_t i = 0; i < s.len; i++)
+		cuts[i] = i + 1;
+	assert_int_equal(read_pieces(s.data, s.len, cuts, s.len, MAX_FRAME, out, &n, err, sizeof(err)), 0);
+	assert_vector_counts(out, n);
+	free(cuts);
+	tb_free(&s);
+}
+
+/* Append a frame with one ChunkedSeries {__name__=<name>} of <chunks> chunks for <query>. */
+static void put_series_frame(struct tbuf *stream, int64_t query, const char *name, int chunks)
+{
+	struct tbuf msg = { 0 }, series = { 0 };
+
+	tb_label(&series, 1, "__name__", name);
+	tb_label(&series, 1, "job", "j");
+	for (int i = 0; i < chunks; i++) {
+		struct tbuf chunk = { 0 };
+
+		tb_vfield(&chunk, 1, 1000 * (uint64_t)i);
+		tb_vfield(&chunk, 2, 1000 * (uint64_t)i + 999);
+		tb_vfield(&chunk, 3, 1);
+		tb_str(&chunk, 4, "xordata");
+		tb_msg(&series, 2, &chunk);
+	}
+	tb_msg(&msg, 1, &series);
+	if (query)
+		tb_vfield(&msg, 2, (uint64_t)query);
+	tb_frame(stream, &msg, 0, 0);
+	tb_free(&msg);
+}
+
+static void test_series_split_across_frames_counts_once(void **state)
+{
+	struct tbuf s = { 0 };
+	struct proto_frame_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	put_series_frame(&s, 0, "a", 2);
+	put_series_frame(&s, 0, "a", 1); /* continues a */
+	put_series_frame(&s, 0, "a", 1); /* still a */
+	put_series_frame(&s, 0, "b", 1);
+	put_series_frame(&s, 1, "b", 1); /* same labels, other query: a new series */
+	put_series_frame(&s, 0, "a", 1); /* a again after b: not adjacent, counts */
+	assert_int_equal(read_all(&s, out, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(out[0].series, 3);
+	assert_int_equal(out[0].chunks, 6);
+	assert_int_equal(out[0].frames, 5);
+	assert_int_equal(out[1].series, 1);
+	assert_int_equal(out[1].frames, 1);
+	assert_int_equal(out[0].bytes + out[1].bytes, s.len);
+	tb_free(&s);
+}
+
+/* Append a frame for query 0 with one ChunkedSeries whose labels are the given encoded Labels. */
+static void put_raw_labels_frame(struct tbuf *stream, const char *const *labels, size_t n)
+{
+	struct tbuf msg = { 0 }, series = { 0 };
+
+	for (size_t i = 0; i < n; i++)
+		tb_str(&series, 1, labels[i]);
+	tb_msg(&msg, 1, &series);
+	tb_frame(stream, &msg, 0, 0);
+	tb_free(&msg);
+}
+
+static void test_label_boundaries_are_part_of_series_identity(void **state)
+{
+	/* Labels {name:"a"},{value:"b"} run together equal the single label {name:"a",value:"b"}. */
+	static const char *const two[] = { "\x0a\x01" "a", "\x12\x01" "b" };
+	static const char *const one[] = { "\x0a\x01" "a" "\x12\x01" "b" };
+	struct tbuf s = { 0 };
+	struct proto_frame_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	put_raw_labels_frame(&s, two, 2);
+	put_raw_labels_frame(&s, one, 1);
+	put_raw_labels_frame(&s, one, 1); /* this one does continue the previous series */
+	assert_int_equal(read_all(&s, out, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(out[0].series, 2);
+	assert_int_equal(out[0].frames, 3);
+	tb_free(&s);
+}
+
+static void test_counts_several_series_in_one_frame(void **state)
+{
+	struct tbuf s = { 0 }, msg = { 0 };
+	struct proto_frame_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	for (int i = 0; i < 4; i++) {
+		struct tbuf series = { 0 };
+
+		/* a, b, b, a: the repeated b is one series continued, the last a a new one */
+		tb_label(&series, 1, "__name__", i == 1 || i == 2 ? "b" : "a");
+		tb_lfield(&series, 2, "", 0);
+		tb_msg(&msg, 1, &series);
+	}
+	tb_vfield(&msg, 2, 3);
+	tb_frame(&s, &msg, 0, 0);
+	tb_free(&msg);
+	assert_int_equal(read_all(&s, out, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 4);
+	assert_int_equal(out[3].series, 3);
+	assert_int_equal(out[3].chunks, 4);
+	assert_int_equal(out[0].frames + out[1].frames + out[2].frames, 0);
+	tb_free(&s);
+}
+
+static void test_empty_body_and_empty_frame(void **state)
+{
+	struct tbuf s = { 0 }, msg = { 0 };
+	struct proto_frame_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(read_all(&s, out, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 0);
+	tb_frame(&s, &msg, 0, 0); /* zero-length message: 00 00 00 00 00 */
+	assert_int_equal(read_all(&s, out, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(out[0].frames, 1);
+	assert_int_equal(out[0].series, 0);
+	assert_int_equal(out[0].bytes, 5);
+	tb_free(&s);
+}
+
+/* Expect <s> (fed whole) to fail with <code> and an error containing <needle>. */
+static void expect_rejected(const uint8_t *p, size_t len, size_t max_frame, int code, const char *needle)
+{
+	struct proto_frame_counts out[MAXQ];
+	size_t n;
+	char err[256] = "";
+
+	assert_int_equal(read_pieces(p, len, NULL, 0, max_frame, out, &n, err, sizeof(err)), code);
+	if (!strstr(err, needle))
+		fail_msg("error \"%s\" does not mention \"%s\"", err, needle);
+}
+
+static void test_reports_checksum_mismatch_with_both_values(void **state)
+{
+	struct tbuf s = { 0 }, msg = { 0 };
+	char want[128];
+
+	(void)state;
+	put_series_frame(&s, 0, "a", 1);
+	tb_str(&msg, 1, "");
+	tb_frame(&s, &msg, 1, 0xdeadbeef);
+	snprintf(want, sizeof(want), "frame 1: checksum mismatch: got 0x%08x want 0xdeadbeef",
+		 proto_crc32c(0, msg.data, msg.len));
+	expect_rejected(s.data, s.len, MAX_FRAME, -EBADMSG, want);
+	tb_free(&msg);
+	tb_free(&s);
+}
+
+static void test_detects_a_flipped_bit_in_real_data(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin");
+
+	(void)state;
+	/* Last byte of the first frame: inside chunk data, so only the CRC can notice. */
+	s.data[263] ^= 0x10;
+	expect_rejected(s.data, s.len, MAX_FRAME, -EBADMSG, "frame 0: checksum mismatch");
+	tb_free(&s);
+}
+
+static void test_rejects_stream_truncated_inside_a_frame(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin");
+	struct proto_frame_counts out[MAXQ];
+	size_t n, next_boundary = 0, frames = 0;
+	char err[256];
+
+	(void)state;
+	for (size_t len = 1; len < s.len; len++) {
+		int rc = read_pieces(s.data, len, NULL, 0, MAX_FRAME, out, &n, err, sizeof(err));
+
+		if (len > next_boundary) {
+			/* Find the end of the frame that starts at <next_boundary> (test-local varint). */
+			size_t at = next_boundary, msg = 0;
+
+			for (unsigned shift = 0;; shift += 7) {
+				msg |= (size_t)(s.data[at] & 0x7f) << shift;
+				if (!(s.data[at++] & 0x80))
+					break;
+			}
+			next_boundary = at + 4 + msg;
+		}
+		if (len == next_boundary) {
+			frames++;
+			assert_int_equal(rc, 0);
+			assert_int_equal(out[0].frames, frames);
+		} else {
+			assert_int_equal(rc, -EBADMSG);
+			if (!strstr(err, "body ends"))
+				fail_msg("len %zu: unexpected error \"%s\"", len, err);
+		}
+	}
+	assert_int_equal(frames, VEC_FRAMES - 1); /* the full stream is the sixth */
+	tb_free(&s);
+}
+
+static void test_rejects_bad_length_varint(void **state)
+{
+	static const uint8_t s[] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01 };
+
+	(void)state;
+	expect_rejected(s, sizeof(s), MAX_FRAME, -EBADMSG, "frame 0: bad varint");
+}
+
+static void test_rejects_frame_above_max(void **state)
+{
+	struct tbuf s = { 0 };
+
+	(void)state;
+	put_series_frame(&s, 0, "a", 1);
+	put_series_frame(&s, 0, "b", 20);
+	expect_rejected(s.data, s.len, 200, -E2BIG, "frame 1: message of");
+	tb_free(&s);
+}
+
+static void test_rejects_query_index_out_of_range(void **state)
+{
+	struct tbuf s = { 0 }, msg = { 0 };
+
+	(void)state;
+	put_series_frame(&s, MAXQ, "a", 1);
+	expect_rejected(s.data, s.len, MAX_FRAME, -E2BIG, "query_index 4");
+	tb_free(&s);
+	tb_vfield(&msg, 2, (uint64_t)-1);
+	tb_frame(&s, &msg, 0, 0);
+	expect_rejected(s.data, s.len, MAX_FRAME, -EBADMSG, "negative query_index");
+	tb_free(&msg);
+	tb_free(&s);
+}
+
+static void test_rejects_invalid_message_with_valid_crc(void **state)
+{
+	struct tbuf s = { 0 }, msg = { 0 };
+
+	(void)state;
+	tb_key(&msg, 1, 3); /* start group */
+	tb_frame(&s, &msg, 0, 0);
+	expect_rejected(s.data, s.len, MAX_FRAME, -EBADMSG, "frame 0: bad ChunkedReadResponse: invalid wire type 3");
+	tb_free(&msg);
+	tb_free(&s);
+	tb_vfield(&msg, 1, 5); /* chunked_series as a varint */
+	tb_frame(&s, &msg, 0, 0);
+	expect_rejected(s.data, s.len, MAX_FRAME, -EBADMSG, "chunked_series (field 1)");
+	tb_free(&msg);
+	tb_free(&s);
+	tb_lfield(&msg, 1, "\x0a\x09", 2); /* labels longer than the series */
+	tb_frame(&s, &msg, 0, 0);
+	expect_rejected(s.data, s.len, MAX_FRAME, -EBADMSG, "enclosing message");
+	tb_free(&msg);
+	tb_free(&s);
+}
+
+static void test_stays_failed_after_an_error(void **state)
+{
+	static const uint8_t bad[] = { 0x01, 0, 0, 0, 0, 0x0b };
+	struct proto_frame_reader *r = proto_frame_reader_new(MAX_FRAME, MAXQ);
+	char err[256];
+
+	(void)state;
+	assert_int_equal(proto_frame_feed(r, bad, sizeof(bad), err, sizeof(err)), -EBADMSG);
+	assert_int_equal(proto_frame_feed(r, bad, 1, err, sizeof(err)), -EBADMSG);
+	assert_int_equal(proto_frame_finish(r, err, sizeof(err)), -EBADMSG);
+	proto_frame_reader_free(r);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_crc32c_matches_check_value_and_reference),
+		cmocka_unit_test(test_counts_real_prometheus_stream),
+		cmocka_unit_test(test_same_counts_at_every_split_point),
+		cmocka_unit_test(test_same_counts_fed_one_byte_at_a_time),
+		cmocka_unit_test(test_series_split_across_frames_counts_once),
+		cmocka_unit_test(test_label_boundaries_are_part_of_series_identity),
+		cmocka_unit_test(test_counts_several_series_in_one_frame),
+		cmocka_unit_test(test_empty_body_and_empty_frame),
+		cmocka_unit_test(test_reports_checksum_mismatch_with_both_values),
+		cmocka_unit_test(test_detects_a_flipped_bit_in_real_data),
+		cmocka_unit_test(test_rejects_stream_truncated_inside_a_frame),
+		cmocka_unit_test(test_rejects_bad_length_varint),
+		cmocka_unit_test(test_rejects_frame_above_max),
+		cmocka_unit_test(test_rejects_query_index_out_of_range),
+		cmocka_unit_test(test_rejects_invalid_message_with_valid_crc),
+		cmocka_unit_test(test_stays_failed_after_an_error),
+	};
+
+	return cmocka_run_group_tests_name("proto_frame", tests, NULL, NULL);
+}

@@ -1,0 +1,299 @@
+/*
+ * proto_scan: counts of series, samples, histograms and bytes in a SAMPLES ReadResponse, fed in
+ * arbitrary pieces, and rejection of corrupt wire data.
+ */
+#include <errno.h>
+
+#include "proto/scan.h"
+#include "proto_testutil.h"
+
+#define MAXQ 4
+
+/* Vector figures (tests/vectors/README.md). */
+#define VEC_SERIES 3
+#define VEC_SAMPLES 720
+#define VEC_RESULT_BYTES 13143
+
+/* Scan <n> bytes cut into pieces at <cuts> (ascending offsets); returns the finish status. */
+static int scan_pieces(const uint8_t *p, size_t n, const size_t *cuts, size_t ncuts, struct proto_scan_counts *out,
+		       size_t *nres, char *err, size_t errlen)
+{
+	struct proto_scan *s = proto_scan_new(MAXQ);
+	const struct proto_scan_counts *res;
+	size_t at = 0;
+	int rc = 0;
+
+	assert_non_null(s);
+	for (size_t i = 0; i <= ncuts && rc == 0; i++) {
+		size_t to = i < ncuts ? cuts[i] : n;
+
+		rc = proto_scan_feed(s, p + at, to - at, err, errlen);
+		at = to;
+	}
+	if (rc == 0)
+		rc = proto_scan_finish(s, err, errlen);
+	res = proto_scan_results(s, nres);
+	memcpy(out, res, *nres * sizeof(*res));
+	proto_scan_free(s);
+	return rc;
+}
+
+static struct tbuf vector_response(void)
+{
+	struct tbuf body = tb_vector("samples_response.snappy");
+	struct tbuf raw = tb_unsnappy(&body);
+
+	tb_free(&body);
+	return raw;
+}
+
+static void test_counts_real_prometheus_response(void **state)
+{
+	struct tbuf raw = vector_response();
+	struct proto_scan_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(proto_scan_samples(raw.data, raw.len, out, MAXQ, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(out[0].series, VEC_SERIES);
+	assert_int_equal(out[0].samples, VEC_SAMPLES);
+	assert_int_equal(out[0].histograms, 0);
+	assert_int_equal(out[0].bytes, VEC_RESULT_BYTES);
+	tb_free(&raw);
+}
+
+static void test_same_counts_at_every_split_point(void **state)
+{
+	struct tbuf raw = vector_response();
+	struct proto_scan_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	for (size_t cut = 0; cut <= raw.len; cut++) {
+		assert_int_equal(scan_pieces(raw.data, raw.len, &cut, 1, out, &n, err, sizeof(err)), 0);
+		assert_int_equal(n, 1);
+		assert_int_equal(out[0].series, VEC_SERIES);
+		assert_int_equal(out[0].samples, VEC_SAMPLES);
+		assert_int_equal(out[0].bytes, VEC_RESULT_BYTES);
+	}
+	tb_free(&raw);
+}
+
+static void test_same_counts_fed_one_byte_at_a_time(void **state)
+{
+	struct tbuf raw = vector_response();
+	struct proto_scan *s = proto_scan_new(MAXQ);
+	const struct proto_scan_counts *res;
+	size_t n;
+	char err[256];
+
+	(void)state;
+	for (size_t i = 0; i < raw.len; i++)
+		assert_int_equal(proto_scan_feed(s, raw.data + i, 1, err, sizeof(err)), 0);
+	assert_int_equal(proto_scan_finish(s, err, sizeof(err)), 0);
+	res = proto_scan_results(s, &n);
+	assert_int_equal(n, 1);
+	assert_int_equal(res[0].series, VEC_SERIES);
+	assert_int_equal(res[0].samples, VEC_SAMPLES);
+	proto_scan_free(s);
+	tb_free(&raw);
+}
+
+/* A TimeSeries with <samples> samples and <hists> histograms, plus M3's extra enum fields. */
+static void put_series(struct tbuf *qr, int samples, int hists, int m3_fields)
+{
+	struct tbuf ts = { 0 };
+	static const uint8_t sample[] = { 0x09, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f, 0x10, 0x01 }; /* 1.0 @ 1 */
+
+	tb_label(&ts, 1, "__name__", "up");
+	for (int i = 0; i < samples; i++)
+		tb_lfield(&ts, 2, sample, sizeof(sample));
+	for (int i = 0; i < hists; i++)
+		tb_lfield(&ts, 4, "\x08\x05", 2); /* count_int = 5 */
+	if (m3_fields) {
+		tb_vfield(&ts, 101, 1);
+		tb_vfield(&ts, 102, 2);
+		tb_vfield(&ts, 1001, 1);
+	}
+	tb_msg(qr, 1, &ts);
+}
+
+static void test_skips_unknown_fields_at_every_level(void **state)
+{
+	struct tbuf resp = { 0 }, qr = { 0 };
+	struct proto_scan_counts out[MAXQ];
+	size_t n, len;
+	char err[256];
+	static const uint8_t fixed64[8], fixed32[4];
+
+	(void)state;
+	put_series(&qr, 2, 0, 1);
+	tb_key(&qr, 7, 1); /* unknown fixed64 in QueryResult */
+	tb_put(&qr, fixed64, 8);
+	put_series(&qr, 1, 0, 1);
+	tb_str(&resp, 9, "unknown"); /* unknown LEN in ReadResponse */
+	len = qr.len;
+	tb_msg(&resp, 1, &qr);
+	tb_key(&resp, 10, 5); /* unknown fixed32 */
+	tb_put(&resp, fixed32, 4);
+	assert_int_equal(proto_scan_samples(resp.data, resp.len, out, MAXQ, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(out[0].series, 2);
+	assert_int_equal(out[0].samples, 3);
+	assert_int_equal(out[0].bytes, len);
+	tb_free(&resp);
+}
+
+static void test_counts_histograms_and_results_per_query(void **state)
+{
+	struct tbuf resp = { 0 }, q0 = { 0 }, q1 = { 0 }, q2 = { 0 };
+	struct proto_scan_counts out[MAXQ];
+	size_t n;
+	char err[256];
+
+	(void)state;
+	put_series(&q0, 0, 3, 0);
+	put_series(&q1, 5, 0, 0);
+	put_series(&q1, 5, 1, 0);
+	tb_msg(&resp, 1, &q0);
+	tb_msg(&resp, 1, &q1);
+	tb_msg(&resp, 1, &q2); /* an empty QueryResult still counts as a result */
+	assert_int_equal(proto_scan_samples(resp.data, resp.len, out, MAXQ, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 3);
+	assert_int_equal(out[0].series, 1);
+	assert_int_equal(out[0].histograms, 3);
+	assert_int_equal(out[1].series, 2);
+	assert_int_equal(out[1].samples, 10);
+	assert_int_equal(out[1].histograms, 1);
+	assert_int_equal(out[2].series, 0);
+	assert_int_equal(out[2].bytes, 0);
+	tb_free(&resp);
+}
+
+static void test_empty_body_has_no_results(void **state)
+{
+	struct proto_scan_counts out[MAXQ];
+	size_t n = 9;
+	char err[256];
+
+	(void)state;
+	assert_int_equal(proto_scan_samples((const uint8_t *)"", 0, out, MAXQ, &n, err, sizeof(err)), 0);
+	assert_int_equal(n, 0);
+}
+
+/* Expect <body> to be rejected with <code> and an error mentioning <needle>. */
+static void expect_rejected(const uint8_t *body, size_t len, int code, const char *needle)
+{
+	struct proto_scan_counts out[MAXQ];
+	size_t n;
+	char err[256] = "";
+
+	assert_int_equal(proto_scan_samples(body, len, out, MAXQ, &n, err, sizeof(err)), code);
+	if (!strstr(err, needle))
+		fail_msg("error \"%s\" does not mention \"%s\"", err, needle);
+}
+
+static void test_rejects_varint_longer_than_ten_bytes(void **state)
+{
+	static const uint8_t body[] = { 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01 };
+
+	(void)state;
+	expect_rejected(body, sizeof(body), -EBADMSG, "bad varint");
+}
+
+static void test_rejects_group_and_reserved_wire_types(void **state)
+{
+	(void)state;
+	for (unsigned wt = 3; wt <= 7; wt++) {
+		uint8_t body[] = { (uint8_t)(1 << 3 | wt), 0, 0, 0, 0 };
+
+		if (wt == 5)
+			continue; /* I32 is valid */
+		expect_rejected(body, sizeof(body), -EBADMSG, "invalid wire type");
+	}
+}
+
+static void test_rejects_child_longer_than_parent(void **state)
+{
+	/* results(len 4) { timeseries(len 9) ... } */
+	static const uint8_t body[] = { 0x0a, 0x04, 0x0a, 0x09, 0x0a, 0x00 };
+
+	(void)state;
+	expect_rejected(body, sizeof(body), -EBADMSG, "enclosing message");
+}
+
+static void test_rejects_known_field_with_wrong_wire_type(void **state)
+{
+	static const uint8_t body[] = { 0x08, 0x01 }; /* results as a varint */
+
+	(void)state;
+	expect_rejected(body, sizeof(body), -EBADMSG, "wire type 0, want 2");
+}
+
+static void test_rejects_field_number_zero(void **state)
+{
+	static const uint8_t body[] = { 0x02, 0x00 };
+
+	(void)state;
+	expect_rejected(body, sizeof(body), -EBADMSG, "invalid field number 0");
+}
+
+static void test_rejects_more_results_than_max_queries(void **state)
+{
+	struct tbuf resp = { 0 };
+
+	(void)state;
+	for (int i = 0; i <= MAXQ; i++)
+		tb_lfield(&resp, 1, "", 0);
+	expect_rejected(resp.data, resp.len, -E2BIG, "more than 4 results");
+	tb_free(&resp);
+}
+
+static void test_rejects_body_truncated_at_any_point(void **state)
+{
+	struct tbuf raw = vector_response();
+
+	(void)state;
+	/* Every proper prefix ends inside the single QueryResult. */
+	for (size_t len = 1; len < raw.len; len++)
+		expect_rejected(raw.data, len, -EBADMSG, "truncated");
+	tb_free(&raw);
+}
+
+static void test_stays_failed_after_an_error(void **state)
+{
+	static const uint8_t bad[] = { 0x0b };
+	struct proto_scan *s = proto_scan_new(MAXQ);
+	char err[256];
+
+	(void)state;
+	assert_int_equal(proto_scan_feed(s, bad, sizeof(bad), err, sizeof(err)), -EBADMSG);
+	assert_int_equal(proto_scan_feed(s, (const uint8_t *)"", 0, err, sizeof(err)), -EBADMSG);
+	assert_int_equal(proto_scan_finish(s, err, sizeof(err)), -EBADMSG);
+	proto_scan_free(s);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_counts_real_prometheus_response),
+		cmocka_unit_test(test_same_counts_at_every_split_point),
+		cmocka_unit_test(test_same_counts_fed_one_byte_at_a_time),
+		cmocka_unit_test(test_skips_unknown_fields_at_every_level),
+		cmocka_unit_test(test_counts_histograms_and_results_per_query),
+		cmocka_unit_test(test_empty_body_has_no_results),
+		cmocka_unit_test(test_rejects_varint_longer_than_ten_bytes),
+		cmocka_unit_test(test_rejects_group_and_reserved_wire_types),
+		cmocka_unit_test(test_rejects_child_longer_than_parent),
+		cmocka_unit_test(test_rejects_known_field_with_wrong_wire_type),
+		cmocka_unit_test(test_rejects_field_number_zero),
+		cmocka_unit_test(test_rejects_more_results_than_max_queries),
+		cmocka_unit_test(test_rejects_body_truncated_at_any_point),
+		cmocka_unit_test(test_stays_failed_after_an_error),
+	};
+
+	return cmocka_run_group_tests_name("proto_scan", tests, NULL, NULL);
+}
