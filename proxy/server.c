@@ -204,8 +204,12 @@ static void write_head(struct proxy_req *r, int status, const char *framing)
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	int keep = r->head.keep_alive && !c->close_after && !c->srv->draining && !r->oversize;
 
+	struct timeval wtv = { PROXY_WRITE_TIMEOUT_MS / 1000, 0 };
+
 	if (!keep)
 		c->close_after = 1;
+	/* a client that stops reading is dropped instead of holding its reply forever */
+	bufferevent_set_timeouts(c->bev, NULL, &wtv);
 	evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", r->head.minor == 0 ? 0 : 1, status, http_reason(status));
 	evbuffer_add_buffer(out, r->out_hdrs);
 	evbuffer_add_printf(out, "%s%s\r\n", framing, keep ? "" : "Connection: close\r\n");

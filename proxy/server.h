@@ -27,6 +27,7 @@ struct proxy_server;
 /* Limits of the client side. */
 #define PROXY_REQUEST_TIMEOUT_MS 30000  /* head plus body must arrive within this */
 #define PROXY_IDLE_TIMEOUT_MS 120000    /* keep-alive connection with no request */
+#define PROXY_WRITE_TIMEOUT_MS 120000   /* a reply that makes no write progress for this long */
 #define PROXY_OUT_HIGH_WATER (256 * 1024) /* client output above this: producer should pause */
 #define PROXY_OUT_LOW_WATER (64 * 1024)   /* ...and resumes when it drains below this */
 

@@ -72,6 +72,7 @@ struct proxy_upstream {
 	size_t max_conns;
 	struct up_conn_list idle;
 	struct up_conn_list busy;        /* connecting or serving */
+	struct up_conn_list dead;        /* closed, freed on the next loop pass (or by _free) */
 	size_t n_conns;
 	struct up_req_list waitq;
 	size_t n_waiting;
@@ -147,6 +148,7 @@ static void conn_close(struct up_conn *c)
 	if (c->state == UC_DEAD)
 		return;
 	TAILQ_REMOVE(c->state == UC_IDLE ? &up->idle : &up->busy, c, link);
+	TAILQ_INSERT_TAIL(&up->dead, c, link);
 	up->n_conns--;
 	c->state = UC_DEAD;
 	c->req = NULL;
@@ -358,9 +360,10 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (c->state == UC_DEAD)
+	if (c->state == UC_DEAD) {
+		TAILQ_REMOVE(&c->up->dead, c, link);
 		conn_destroy(c);
-	else if (c->req && !c->req->paused)
+	} else if (c->req && !c->req->paused)
 		conn_read(c);
 }
 
@@ -396,6 +399,7 @@ static struct up_conn *conn_open(struct proxy_upstream *up, struct proxy_upstrea
 		if (r)
 			r->conn = NULL;
 		TAILQ_REMOVE(&up->busy, c, link);
+		TAILQ_INSERT_TAIL(&up->dead, c, link);
 		up->n_conns--;
 		c->state = UC_DEAD;
 		return NULL;
@@ -485,6 +489,7 @@ struct proxy_upstream *proxy_upstream_new(struct event_base *base, const char *h
 	up->max_conns = max_connections ? max_connections : 1;
 	TAILQ_INIT(&up->idle);
 	TAILQ_INIT(&up->busy);
+	TAILQ_INIT(&up->dead);
 	TAILQ_INIT(&up->waitq);
 	up->probe_timer = event_new(base, -1, EV_PERSIST, probe_cb, up);
 	if (!up->host_hdr || !up->path || !up->probe_timer) {
@@ -516,6 +521,10 @@ void proxy_upstream_free(struct proxy_upstream *up)
 	}
 	while ((c = TAILQ_FIRST(&up->idle))) {
 		TAILQ_REMOVE(&up->idle, c, link);
+		conn_destroy(c);
+	}
+	while ((c = TAILQ_FIRST(&up->dead))) {
+		TAILQ_REMOVE(&up->dead, c, link);
 		conn_destroy(c);
 	}
 	if (up->probe_timer)
