@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,4 +88,12 @@ const char *netaddr_format(const struct sockaddr *sa, char *buf, size_t n)
 		snprintf(buf, n, "unknown");
 	}
 	return buf;
+}
+
+void netaddr_tune_socket(int fd)
+{
+	int one = 1;
+
+	if (fd >= 0)
+		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }

@@ -15,6 +15,12 @@ int netaddr_parse(const char *hostport, struct sockaddr_storage *ss, socklen_t *
 /* Split <hostport> into <host> (brackets removed) and *<port>. Returns 0 or -EINVAL. */
 int netaddr_split(const char *hostport, char *host, size_t hostlen, int *port);
 
+/*
+ * Tune a connected TCP socket for a proxy: TCP_NODELAY, so a reply's last partial segment is not
+ * held by Nagle until the peer's delayed ACK (about 40 ms on Linux) on keep-alive connections.
+ */
+void netaddr_tune_socket(int fd);
+
 /* Print <sa> as "ip:port" ("[v6]:port" for IPv6) into <buf>. Returns <buf>. */
 const char *netaddr_format(const struct sockaddr *sa, char *buf, size_t n);
 

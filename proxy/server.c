@@ -541,6 +541,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 		return;
 	}
 	c->state = CONN_HEAD;
+	netaddr_tune_socket(fd);
+	/* libevent moves at most 16 KiB per syscall by default; streams want larger writes */
+	bufferevent_set_max_single_write(c->bev, PROXY_IO_CHUNK);
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
 	set_read_timeout(c, PROXY_IDLE_TIMEOUT_MS);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);

@@ -30,6 +30,7 @@ struct proxy_server;
 #define PROXY_WRITE_TIMEOUT_MS 120000   /* a reply that makes no write progress for this long */
 #define PROXY_OUT_HIGH_WATER (256 * 1024) /* client output above this: producer should pause */
 #define PROXY_OUT_LOW_WATER (64 * 1024)   /* ...and resumes when it drains below this */
+#define PROXY_IO_CHUNK (128 * 1024)       /* largest single socket read or write */
 
 struct proxy_server_cbs {
 	/* Body cap for this request (bytes), decided from its head. */

@@ -16,6 +16,7 @@
 #include "proxy/http.h"
 #include "proxy/log.h"
 #include "proxy/netaddr.h"
+#include "proxy/server.h"
 
 #define PROBE_INTERVAL_MS 1000 /* reachability check when nothing else proved it */
 
@@ -311,6 +312,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED) {
+		netaddr_tune_socket(bufferevent_getfd(c->bev));
 		mark_ok(up);
 		if (c->req) {
 			conn_start(c, c->req);
@@ -389,6 +391,7 @@ static struct up_conn *conn_open(struct proxy_upstream *up, struct proxy_upstrea
 		r->conn = c;
 	TAILQ_INSERT_TAIL(&up->busy, c, link);
 	up->n_conns++;
+	bufferevent_set_max_single_read(c->bev, PROXY_IO_CHUNK);
 	bufferevent_setcb(c->bev, read_cb, NULL, event_cb, c);
 	if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&up->addr, (int)up->addrlen) < 0) {
 		/* immediate failure (e.g. out of descriptors) is reported from the loop, not here */

@@ -26,8 +26,8 @@ if [ -n "$missing" ]; then
 	if [ -z "$lists" ] || [ ! -e "$stamp" ]; then
 		$SUDO apt-get update -qq
 	fi
-	# The prometheus package would start a system service on port 9090; tests and the demo
-	# run their own instances, so keep the packaged daemon from starting (policy-rc.d).
+	# On a machine with systemd the prometheus package also starts its own service on :9090;
+	# tests and the demo run their own instances on other ports, so it does not interfere.
 	export DEBIAN_FRONTEND=noninteractive
 	$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
