@@ -181,10 +181,28 @@ int conf_parse_size(const char *s, int64_t *bytes);
 /* Print a value of <type> the way a user writes it (e.g. 4MiB, 1m, true) into <buf>. */
 const char *conf_format_value(enum conf_type type, int64_t v, char *buf, size_t n);
 
-/* Write `config ok` and the effective limits per tenant (the --check-config report). */
+/*
+ * For a reload: keys a reload cannot change (listen, admin_listen, read_path, pool.memory_limit)
+ * that differ between the running <cur> and the freshly loaded <next> are set back in <next> to
+ * the running value, and each is named in <warnings> (may be NULL), one line per key:
+ * `key: changed from X to Y; a reload cannot apply it, keeping X until restart`.
+ * Returns how many keys were kept, or -ENOMEM (then <next> may be partly reset; drop it).
+ */
+int conf_keep_unreloadable(struct conf *next, const struct conf *cur, struct evbuffer *warnings);
+
+/*
+ * Write the --check-config report: `config ok`, the file and mode, the effective limits of the
+ * default tenant and of each configured tenant (overridden values marked with the default they
+ * replace), the rules, then every other setting. Header values are not printed.
+ */
 void conf_print_report(const struct conf *c, struct evbuffer *out);
 
-/* Write the effective config as a JSON object (for /api/v1/status). */
+/*
+ * Write the effective config as one JSON object (for /api/v1/status): the YAML keys and nesting,
+ * plus "path". Counts and ratios are numbers, sizes and durations strings as a user writes them
+ * ("4MiB", "1m30s"), tenants are {"NAME": {"limits": {...effective...}, "overridden": [keys]}},
+ * rules carry their "line". Header values are replaced by "<redacted>" (they may be credentials).
+ */
 void conf_write_json(const struct conf *c, struct evbuffer *out);
 
 #endif

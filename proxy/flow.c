@@ -43,8 +43,6 @@ struct proxy_flow {
 	const struct conf *conf;          /* (ref) */
 	struct proxy_upstream *up;        /* (ref) */
 	struct proxy_flow_stats stats;
-	void (*on_idle)(void *);
-	void *on_idle_arg;
 };
 
 /* One remote-read request in flight. */
@@ -109,8 +107,6 @@ static int tenant_valid(const char *t, const char **why)
 /* End of the request's life: counters, then free. The client reply has been given already. */
 static void flow_req_free(struct flow_req *fr)
 {
-	struct proxy_flow *f = fr->f;
-
 	if (fr->ureq)
 		proxy_upstream_cancel(fr->ureq);
 	proto_request_free(fr->decoded);
@@ -119,8 +115,6 @@ static void flow_req_free(struct flow_req *fr)
 		evbuffer_free(fr->samples);
 	free(fr->body);
 	free(fr);
-	if (f->stats.inflight == 0 && f->on_idle)
-		f->on_idle(f->on_idle_arg);
 }
 
 /* Leave the in-flight set (once the store exchange is over). */
@@ -616,12 +610,6 @@ void proxy_flow_free(struct proxy_flow *f)
 void proxy_flow_set_conf(struct proxy_flow *f, const struct conf *conf)
 {
 	f->conf = conf;
-}
-
-void proxy_flow_on_idle(struct proxy_flow *f, void (*cb)(void *), void *arg)
-{
-	f->on_idle = cb;
-	f->on_idle_arg = arg;
 }
 
 const struct proxy_flow_stats *proxy_flow_stats(const struct proxy_flow *f)

@@ -42,9 +42,6 @@ uint64_t proxy_flow_body_cap(struct proxy_flow *f, struct proxy_req *req);
 /* Answer one request on the read path (any method). */
 void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req);
 
-/* Call <cb>(<arg>) each time the number of in-flight requests drops to zero (drain). */
-void proxy_flow_on_idle(struct proxy_flow *f, void (*cb)(void *), void *arg);
-
 const struct proxy_flow_stats *proxy_flow_stats(const struct proxy_flow *f);
 
 #endif

@@ -33,6 +33,7 @@
 
 #define DEFAULT_CONFIG "conf/promguard.yml"
 #define DECODE_MAX_BYTES (64u << 20) /* `promguard decode` reads at most this much */
+#define DRAIN_POLL_MS 20             /* how often draining checks whether it is done */
 
 /* Everything the running proxy owns. */
 struct app {
@@ -45,6 +46,7 @@ struct app {
 	struct proxy_admin admin_ctx;
 	struct event *sig_term, *sig_int, *sig_hup;
 	struct event *grace;
+	struct event *drain_check;    /* polls for the end of draining */
 	int shared_listener;          /* admin endpoints served on listen */
 };
 
@@ -189,9 +191,12 @@ static void data_handle(struct proxy_req *req, void *arg)
 		proxy_flow_handle(app->flow, req);
 	else if (app->shared_listener && proxy_admin_owns(proxy_req_path(req)))
 		proxy_admin_handle(&app->admin_ctx, req);
-	else if (proxy_req_add_header(req, "X-Promguard-Decision", "reject; reason=not_found; estimate=0; source=none") == 0)
+	else {
+		metrics_inc(METRICS_REQUESTS, "404", NULL);
+		proxy_req_add_header(req, "X-Promguard-Decision", "reject; reason=not_found; estimate=0; source=none");
 		proxy_req_reply_text(req, 404, "promguard: not found: %.200s (remote read is served on %s)",
 				     proxy_req_path(req), app->conf->read_path);
+	}
 }
 
 static uint64_t admin_body_cap(struct proxy_req *req, void *arg)
@@ -208,12 +213,15 @@ static void admin_handle(struct proxy_req *req, void *arg)
 	proxy_admin_handle(&app->admin_ctx, req);
 }
 
-static void on_idle(void *arg)
+/* Draining ends when no query is in flight and every reply has reached its client. */
+static void drain_check_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct app *app = arg;
 
-	if (app->admin_ctx.draining) {
-		log_info("drained", "inflight=0");
+	(void)fd;
+	(void)what;
+	if (proxy_flow_stats(app->flow)->inflight == 0 && proxy_server_connections(app->data) == 0) {
+		log_info("drained", "inflight=0 connections=0");
 		event_base_loopexit(app->base, NULL);
 	}
 }
@@ -245,8 +253,8 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 		 (unsigned long long)proxy_flow_stats(app->flow)->inflight, (long long)ms);
 	proxy_server_drain(app->data);
 	evtimer_add(app->grace, &tv);
-	if (proxy_flow_stats(app->flow)->inflight == 0)
-		event_base_loopexit(app->base, NULL);
+	struct timeval poll = { 0, DRAIN_POLL_MS * 1000 };
+	event_add(app->drain_check, &poll);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -273,6 +281,8 @@ static void app_free(struct app *app)
 		event_free(app->sig_hup);
 	if (app->grace)
 		event_free(app->grace);
+	if (app->drain_check)
+		event_free(app->drain_check);
 	if (app->base)
 		event_base_free(app->base);
 	conf_free(app->conf);
@@ -325,12 +335,12 @@ static int run(struct conf *conf)
 			return 1;
 		}
 	}
-	proxy_flow_on_idle(app.flow, on_idle, &app);
 	app.sig_term = evsignal_new(app.base, SIGTERM, on_stop_signal, &app);
 	app.sig_int = evsignal_new(app.base, SIGINT, on_stop_signal, &app);
 	app.sig_hup = evsignal_new(app.base, SIGHUP, on_hup, &app);
 	app.grace = evtimer_new(app.base, grace_cb, &app);
-	if (!app.flow || !app.sig_term || !app.sig_int || !app.sig_hup || !app.grace) {
+	app.drain_check = event_new(app.base, -1, EV_PERSIST, drain_check_cb, &app);
+	if (!app.flow || !app.sig_term || !app.sig_int || !app.sig_hup || !app.grace || !app.drain_check) {
 		log_error("cannot start", "error=\"out of memory\"");
 		app_free(&app);
 		return 1;

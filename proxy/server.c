@@ -302,10 +302,22 @@ void proxy_req_reply_end(struct proxy_req *r)
 
 void proxy_req_abort(struct proxy_req *r)
 {
+	struct proxy_conn *c;
+
 	if (!req_live(r))
 		return;
-	/* what is already queued is dropped with the connection: the client sees a cut body */
-	conn_schedule_free(r->conn);
+	c = r->conn;
+	if (!r->started) {
+		conn_schedule_free(c); /* nothing was sent: just close */
+		return;
+	}
+	/*
+	 * Write out what is queued (the status line and the bytes relayed so far), then close
+	 * without the body's end (no last chunk, short of Content-Length): the client gets the
+	 * store's status and sees the body cut, never a truncated success.
+	 */
+	c->close_after = 1;
+	conn_reply_done(c);
 }
 
 size_t proxy_req_output_pending(const struct proxy_req *r)
@@ -555,7 +567,7 @@ static void accept_retry_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	if (!s->draining) {
+	if (!s->draining && s->listener) {
 		evconnlistener_enable(s->listener);
 		log_info("accepting again", "listener=%s", s->name);
 	}
@@ -638,7 +650,9 @@ void proxy_server_drain(struct proxy_server *s)
 	if (!s || s->draining)
 		return;
 	s->draining = 1;
-	evconnlistener_disable(s->listener);
+	/* close the listening socket: new connections are refused at once, not left in the backlog */
+	evconnlistener_free(s->listener);
+	s->listener = NULL;
 	event_del(s->accept_retry);
 	TAILQ_FOREACH(c, &s->conns, link) {
 		if (c->state == CONN_HEAD && !c->req)

@@ -97,8 +97,8 @@ void proxy_req_reply_start(struct proxy_req *req, int status, int64_t content_le
 void proxy_req_reply_chunk(struct proxy_req *req, struct evbuffer *data);
 /* Finish a streaming reply. Final call. */
 void proxy_req_reply_end(struct proxy_req *req);
-/* Cut the reply: close the connection without finishing the body, so the client sees an error
- * and never a truncated success. Final call. */
+/* Cut the reply: flush what is queued, then close without finishing the body, so the client sees
+ * an error and never a truncated success. Before reply_start it just closes. Final call. */
 void proxy_req_abort(struct proxy_req *req);
 
 /* Bytes waiting to be written to the client. */

@@ -292,8 +292,8 @@ static void conn_read(struct up_conn *c)
 			conn_complete(c);
 			return;
 		}
-		if (evbuffer_get_length(in) == 0 || c->body.mode == HTTP_BODY_CLOSE)
-			return;
+		/* rc == 0: everything decodable was delivered; the rest (if any) is a partial line */
+		return;
 	}
 }
 
