@@ -288,26 +288,25 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 /* Feed every piece of <data> to the frame reader without copying it. */
 static int feed_frames(struct flow_req *fr, struct evbuffer *data, char *err, size_t errlen)
 {
-	struct evbuffer_iovec vec[16];
-	struct evbuffer_ptr ptr;
-	int n, rc;
+	struct evbuffer_iovec stack[32], *vec = stack;
+	int n = evbuffer_peek(data, -1, NULL, NULL, 0);
+	int rc = 0;
 
-	evbuffer_ptr_set(data, &ptr, 0, EVBUFFER_PTR_SET);
-	for (;;) {
-		n = evbuffer_peek(data, -1, &ptr, vec, 16);
-		if (n <= 0)
-			return 0;
-		size_t seen = 0;
-		for (int i = 0; i < n && i < 16; i++) {
-			rc = proto_frame_feed(fr->frames, vec[i].iov_base, vec[i].iov_len, err, errlen);
-			if (rc < 0)
-				return rc;
-			seen += vec[i].iov_len;
+	if (n <= 0)
+		return 0;
+	if (n > 32) {
+		vec = malloc((size_t)n * sizeof(*vec));
+		if (!vec) {
+			snprintf(err, errlen, "out of memory while counting frames");
+			return -ENOMEM;
 		}
-		if (n <= 16)
-			return 0;
-		evbuffer_ptr_set(data, &ptr, seen, EVBUFFER_PTR_ADD);
 	}
+	n = evbuffer_peek(data, -1, NULL, vec, n);
+	for (int i = 0; i < n && rc == 0; i++)
+		rc = proto_frame_feed(fr->frames, vec[i].iov_base, vec[i].iov_len, err, errlen);
+	if (vec != stack)
+		free(vec);
+	return rc;
 }
 
 static void on_upstream_body(void *arg, struct evbuffer *data)
