@@ -307,7 +307,7 @@ static void conn_read(struct up_conn *c)
  * own reads; we do the same. EOF and errors are left for the bufferevent to see on the next pass.
  */
 #define READ_BURST (1024 * 1024)
-#define READ_IOVEC (256 * 1024)
+#define READ_IOVEC (64 * 1024)
 
 static void read_burst(struct bufferevent *bev)
 {
