@@ -39,6 +39,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
+#include "proxy/netaddr.h"
 #include "proto/frame.h"
 
 #define MAX_HEAD_BYTES (64 * 1024)   /* a response head larger than this is a parse error */
@@ -46,7 +47,7 @@
 #define RECONNECT_DELAY_MS 10        /* after an error, before the connection is reopened */
 #define DRAIN_GRACE_S 5.0            /* request mode: wait this long for in-flight requests at the end */
 #define MAX_FRAME 50000000           /* --check: Prometheus' chunked_read_limit default */
-#define EXTRA_READ_BYTES (1 << 20)   /* fast mode: read this much more per callback, see pull_more() */
+#define EXTRA_READ_BYTES (1 << 20)   /* fast mode: read this much more per callback, see netaddr_read_burst() */
 
 /* What the reader of one connection expects next. */
 enum rd_state {
@@ -478,45 +479,6 @@ static void pace(struct conn *c)
 	evtimer_add(c->timer, &tv);
 }
 
-/*
- * libevent 2.1's evbuffer_read() takes at most 4096 bytes per call (EVBUFFER_MAX_READ in
- * buffer.c; bufferevent_set_max_single_read() cannot raise it), so a bufferevent alone costs an
- * event-loop pass per 4 KiB. When not pacing, read what else the socket holds straight into the
- * input buffer, so the client is not what limits a stream measurement.
- */
-static void pull_more(struct bufferevent *bev)
-{
-	struct evbuffer *in = bufferevent_get_input(bev);
-	evutil_socket_t fd = bufferevent_getfd(bev);
-	size_t got = 0;
-
-	while (got < EXTRA_READ_BYTES) {
-		struct evbuffer_iovec v[2];
-		/* a bufferevent keeps the end of its input frozen; it unfreezes it around its own reads */
-		evbuffer_unfreeze(in, 0);
-		int n = evbuffer_reserve_space(in, 256 * 1024, v, 2);
-		if (n <= 0) {
-			evbuffer_freeze(in, 0);
-			return;
-		}
-		ssize_t r = readv(fd, (struct iovec *)v, n);
-		if (r <= 0) {
-			evbuffer_commit_space(in, v, 0);
-			evbuffer_freeze(in, 0);
-			return; /* EAGAIN, or EOF/error: the bufferevent reports those on its next read */
-		}
-		size_t left = (size_t)r;
-		for (int i = 0; i < n; i++) {
-			if (v[i].iov_len > left)
-				v[i].iov_len = left;
-			left -= v[i].iov_len;
-		}
-		evbuffer_commit_space(in, v, n);
-		evbuffer_freeze(in, 0);
-		got += (size_t)r;
-	}
-}
-
 static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct conn *c = arg;
@@ -525,7 +487,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
 	int count = in_window(c->t_sent);
 
 	if (g.slow_bps <= 0 && c->st != RD_IDLE)
-		pull_more(bev);
+		netaddr_read_burst(bev, EXTRA_READ_BYTES); /* past libevent 2.1's 4 KiB reads */
 	before = evbuffer_get_length(in);
 
 	if (c->st != RD_IDLE && !c->t_first)

@@ -9,6 +9,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 
 int netaddr_split(const char *hostport, char *host, size_t hostlen, int *port)
 {
@@ -96,4 +100,44 @@ void netaddr_tune_socket(int fd)
 
 	if (fd >= 0)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+/* Reservation per readv: below glibc's mmap threshold, so buffers come from the heap. */
+#define READ_IOVEC (64 * 1024)
+
+void netaddr_read_burst(struct bufferevent *bev, size_t max)
+{
+	struct evbuffer *in = bufferevent_get_input(bev);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	size_t got = 0;
+
+	while (got < max) {
+		struct evbuffer_iovec v[2];
+		ssize_t r;
+		int n;
+
+		evbuffer_unfreeze(in, 0);
+		n = evbuffer_reserve_space(in, READ_IOVEC, v, 2);
+		if (n <= 0) {
+			evbuffer_freeze(in, 0);
+			return;
+		}
+		r = readv(fd, (struct iovec *)v, n);
+		if (r <= 0) {
+			evbuffer_commit_space(in, v, 0);
+			evbuffer_freeze(in, 0);
+			return;
+		}
+		size_t left = (size_t)r;
+		for (int i = 0; i < n; i++) {
+			if (v[i].iov_len > left)
+				v[i].iov_len = left;
+			left -= v[i].iov_len;
+		}
+		evbuffer_commit_space(in, v, n);
+		evbuffer_freeze(in, 0);
+		got += (size_t)r;
+		if ((size_t)r < READ_IOVEC)
+			return; /* the socket is drained */
+	}
 }

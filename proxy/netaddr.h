@@ -21,6 +21,17 @@ int netaddr_split(const char *hostport, char *host, size_t hostlen, int *port);
  */
 void netaddr_tune_socket(int fd);
 
+/*
+ * Read up to <max> more bytes from <bev>'s socket straight into its input buffer. libevent 2.1's
+ * evbuffer_read() takes at most 4096 bytes per call (EVBUFFER_MAX_READ), so a bufferevent costs a
+ * whole loop pass (epoll_wait, ioctl, readv, epoll_ctl) per 4 KiB; measured in bench/, a 1 GiB
+ * stream relayed at 0.34 GB/s that way and at 1.3 GB/s with this. The bufferevent keeps the end
+ * of its input frozen and unfreezes it only around its own reads; this does the same. EOF and
+ * errors are left for the bufferevent to report on its next pass.
+ */
+struct bufferevent;
+void netaddr_read_burst(struct bufferevent *bev, size_t max);
+
 /* Print <sa> as "ip:port" ("[v6]:port" for IPv6) into <buf>. Returns <buf>. */
 const char *netaddr_format(const struct sockaddr *sa, char *buf, size_t n);
 

@@ -7,7 +7,6 @@
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
-#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -298,60 +297,15 @@ static void conn_read(struct up_conn *c)
 	}
 }
 
-/*
- * libevent 2.1's evbuffer_read() takes at most 4096 bytes per call (EVBUFFER_MAX_READ), so a
- * bufferevent costs a whole loop pass (epoll_wait, ioctl, readv, epoll_ctl) per 4 KiB. Measured in
- * bench/: a 1 GiB stream relayed at 0.34 GB/s that way. So when a response is being read and not
- * paused, pull up to READ_BURST more bytes straight from the socket into the bufferevent's input
- * (0.84 GB/s). The bufferevent keeps the end of its input frozen and unfreezes it only around its
- * own reads; we do the same. EOF and errors are left for the bufferevent to see on the next pass.
- */
+/* Read past libevent 2.1's 4 KiB-per-wakeup cap while a response streams in (netaddr.h). */
 #define READ_BURST (1024 * 1024)
-#define READ_IOVEC (64 * 1024)
-
-static void read_burst(struct bufferevent *bev)
-{
-	struct evbuffer *in = bufferevent_get_input(bev);
-	evutil_socket_t fd = bufferevent_getfd(bev);
-	size_t got = 0;
-
-	while (got < READ_BURST) {
-		struct evbuffer_iovec v[2];
-		ssize_t r;
-		int n;
-
-		evbuffer_unfreeze(in, 0);
-		n = evbuffer_reserve_space(in, READ_IOVEC, v, 2);
-		if (n <= 0) {
-			evbuffer_freeze(in, 0);
-			return;
-		}
-		r = readv(fd, (struct iovec *)v, n);
-		if (r <= 0) {
-			evbuffer_commit_space(in, v, 0);
-			evbuffer_freeze(in, 0);
-			return;
-		}
-		size_t left = (size_t)r;
-		for (int i = 0; i < n; i++) {
-			if (v[i].iov_len > left)
-				v[i].iov_len = left;
-			left -= v[i].iov_len;
-		}
-		evbuffer_commit_space(in, v, n);
-		evbuffer_freeze(in, 0);
-		got += (size_t)r;
-		if ((size_t)r < READ_IOVEC)
-			return; /* the socket is drained */
-	}
-}
 
 static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct up_conn *c = arg;
 
 	if (c->state == UC_BODY && c->req && !c->req->paused)
-		read_burst(bev);
+		netaddr_read_burst(bev, READ_BURST);
 	conn_read(c);
 }
 
