@@ -11,7 +11,9 @@
  *
  * A series split across frames: every ChunkedSeries' label bytes are hashed (XXH3-64); a series
  * whose (query_index, label hash) equals the one just before it, in the same frame or at the end
- * of the previous frame, continues that series and is not counted again.
+ * of the previous frame, continues that series and is not counted again. The same decision
+ * drops it from the series callback: the label bytes being hashed are also handed to the
+ * collector (wire.h), whose copies wait until the frame's query_index is known.
  */
 #include "proto/frame.h"
 
@@ -71,6 +73,7 @@ struct proto_frame_reader {
 	int64_t prev_query;               /* query_index of that frame */
 	uint64_t prev_hash;               /* label hash of its last series */
 	int error;                        /* sticky negative errno */
+	struct proto_series_labels labels;/* series callback and the frame's pending labels */
 };
 
 /* ---- CRC-32C ---------------------------------------------------------------------------- */
@@ -182,6 +185,8 @@ static int frame_on_field(void *ctx, const struct proto_walk_field *f, char *err
 		if (f->number == RESPONSE_SERIES) {
 			if ((rc = want_type(f, PROTO_WT_LEN, "ChunkedReadResponse.chunked_series", err, errlen)) < 0)
 				return rc;
+			if ((rc = proto_series_labels_begin(&r->labels, err, errlen)) < 0)
+				return rc;
 			XXH3_64bits_reset(r->hash);
 			return PROTO_WALK_DESCEND;
 		}
@@ -200,6 +205,7 @@ static int frame_on_field(void *ctx, const struct proto_walk_field *f, char *err
 			return rc;
 		/* Hash each label's length before its bytes so label boundaries count. */
 		XXH3_64bits_update(r->hash, &len, sizeof(len));
+		proto_series_labels_label(&r->labels, len);
 		return PROTO_WALK_BYTES;
 	}
 	if (f->number == SERIES_CHUNKS) {
@@ -210,13 +216,14 @@ static int frame_on_field(void *ctx, const struct proto_walk_field *f, char *err
 	return PROTO_WALK_SKIP;
 }
 
-/* Walker callback: label bytes go into the series hash. */
+/* Walker callback: label bytes go into the series hash (and to the collector, if it wants them). */
 static void frame_on_bytes(void *ctx, const struct proto_walk_field *f, const uint8_t *data, size_t len)
 {
 	struct proto_frame_reader *r = ctx;
 
 	(void)f;
 	XXH3_64bits_update(r->hash, data, len);
+	proto_series_labels_bytes(&r->labels, data, len);
 }
 
 /* Walker callback: a ChunkedSeries ended; count it unless it continues the previous one. */
@@ -228,16 +235,22 @@ static int frame_on_end(void *ctx, const struct proto_walk_field *f, char *err, 
 
 	(void)err;
 	(void)errlen;
-	if (f->depth != 0)
-		return 0; /* end of a label */
+	if (f->depth != 0) {
+		proto_series_labels_label_end(&r->labels); /* end of a label */
+		return 0;
+	}
 	h = XXH3_64bits_digest(r->hash);
 	if (!t->have_series) {
 		/* Whether it continues the previous frame is known only once query_index is. */
 		t->have_series = 1;
 		t->first_hash = h;
 		t->series++;
+		proto_series_labels_end(&r->labels, 1);
 	} else if (h != t->last_hash) {
 		t->series++;
+		proto_series_labels_end(&r->labels, 1);
+	} else {
+		proto_series_labels_end(&r->labels, 0);
 	}
 	t->last_hash = h;
 	return 0;
@@ -257,6 +270,7 @@ struct proto_frame_reader *proto_frame_reader_new(size_t max_frame, size_t max_q
 
 	if (!r)
 		return NULL;
+	proto_series_labels_init(&r->labels);
 	/* calloc(0) may return NULL; keep one slot so a NULL always means ENOMEM. */
 	r->counts = calloc(max_queries ? max_queries : 1, sizeof(*r->counts));
 	r->hash = XXH3_createState();
@@ -273,6 +287,7 @@ void proto_frame_reader_free(struct proto_frame_reader *r)
 {
 	if (!r)
 		return;
+	proto_series_labels_deinit(&r->labels);
 	XXH3_freeState(r->hash);
 	free(r->counts);
 	free(r);
@@ -286,14 +301,16 @@ static int frame_fail(struct proto_frame_reader *r, int rc)
 	return rc;
 }
 
-/* Rewrite a walker message in <err> as "frame N: bad ChunkedReadResponse: <detail>"; byte
- * offsets in <detail> count from the start of that frame's message. */
+/* Rewrite a walker message in <err> as "frame N: bad ChunkedReadResponse: <detail>" (just
+ * "frame N: <detail>" for -ENOMEM, which is not the message's fault); byte offsets in <detail>
+ * count from the start of that frame's message. */
 static int frame_bad_message(struct proto_frame_reader *r, int rc, char *err, size_t errlen)
 {
 	char detail[200];
 
 	snprintf(detail, sizeof(detail), "%s", err);
-	snprintf(err, errlen, "frame %" PRIu64 ": bad ChunkedReadResponse: %s", r->frame_no, detail);
+	snprintf(err, errlen, "frame %" PRIu64 ": %s%s", r->frame_no, rc == -ENOMEM ? "" : "bad ChunkedReadResponse: ",
+		 detail);
 	return frame_fail(r, rc);
 }
 
@@ -316,6 +333,7 @@ static int frame_end(struct proto_frame_reader *r, char *err, size_t errlen)
 {
 	struct frame_tally *t = &r->tally;
 	struct proto_frame_counts *c;
+	int continues;
 	uint32_t want = (uint32_t)r->crc_buf[0] << 24 | (uint32_t)r->crc_buf[1] << 16 | (uint32_t)r->crc_buf[2] << 8 |
 			r->crc_buf[3];
 	int rc;
@@ -338,8 +356,10 @@ static int frame_end(struct proto_frame_reader *r, char *err, size_t errlen)
 			 r->frame_no, t->query_index, r->max_queries);
 		return frame_fail(r, -E2BIG);
 	}
-	if (t->have_series && r->prev_valid && r->prev_query == t->query_index && r->prev_hash == t->first_hash)
+	continues = t->have_series && r->prev_valid && r->prev_query == t->query_index && r->prev_hash == t->first_hash;
+	if (continues)
 		t->series--; /* the first series continues the previous frame's last one */
+	proto_series_labels_flush(&r->labels, (size_t)t->query_index, continues);
 	/* A frame without series leaves the previous one in place: it cannot break a split. */
 	if (t->have_series) {
 		r->prev_valid = 1;
@@ -366,6 +386,7 @@ static int frame_begin_message(struct proto_frame_reader *r, char *err, size_t e
 	r->state = FRAME_MESSAGE;
 	r->crc = 0;
 	r->tally = (struct frame_tally){ 0 };
+	proto_series_labels_reset(&r->labels);
 	proto_walk_init(&r->walk, &frame_ops, r, r->msg_len);
 	return r->msg_len == 0 ? frame_end(r, err, errlen) : 0;
 }
@@ -442,4 +463,14 @@ const struct proto_frame_counts *proto_frame_results(const struct proto_frame_re
 {
 	*n = r->n_counts;
 	return r->counts;
+}
+
+void proto_frame_set_series_cb(struct proto_frame_reader *r, proto_series_fn fn, void *ctx)
+{
+	proto_series_labels_set_cb(&r->labels, fn, ctx);
+}
+
+uint64_t proto_frame_skipped(const struct proto_frame_reader *r)
+{
+	return r->labels.skipped;
 }

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/wire.h" /* proto_series_fn, struct proto_label */
+
 struct proto_frame_counts {
 	uint64_t series; /* distinct ChunkedSeries */
 	uint64_t chunks; /* Chunk entries */
@@ -31,11 +33,30 @@ struct proto_frame_reader *proto_frame_reader_new(size_t max_frame, size_t max_q
 void proto_frame_reader_free(struct proto_frame_reader *r);
 
 /*
+ * Report every distinct series to <fn> (NULL: stop) with its labels in wire order and the frame's
+ * query_index, when the frame that carries it ends (query_index comes last on the wire) and has
+ * passed its checksum. A series split across consecutive frames (same query_index and labels,
+ * as counted in proto_frame_counts.series) is reported once, at its first frame. Call before the
+ * first feed. <fn> runs inside proto_frame_feed and must not call back into <r>; <ctx> is
+ * borrowed. Label strings wait in a buffer of PROTO_SERIES_LABELS_MAX bytes (allocated by the
+ * first series) holding names, values and one struct proto_label per label; a series that does
+ * not fit, or whose Labels are not valid messages, is reported with n_labels 0 and counted by
+ * proto_frame_skipped. The buffer serves one frame, so in a frame carrying several series
+ * (Prometheus sends one) they share it. Without a callback nothing is copied; the counts, and
+ * the verdict but for -ENOMEM, never depend on the callback.
+ */
+void proto_frame_set_series_cb(struct proto_frame_reader *r, proto_series_fn fn, void *ctx);
+
+/* Series reported without their labels (see proto_frame_set_series_cb). */
+uint64_t proto_frame_skipped(const struct proto_frame_reader *r);
+
+/*
  * Feed <len> bytes. A frame's counts are credited when its last byte arrives (query_index comes
  * last on the wire). Returns 0, or with one line in <err>:
  *   -EBADMSG  bad varint, CRC mismatch, a message that is not a valid ChunkedReadResponse, or a
  *             negative query_index
  *   -E2BIG    a frame longer than <max_frame>, or a query_index >= <max_queries>
+ *   -ENOMEM   a series callback is set and its label buffer cannot be allocated
  * After an error the reader stays failed.
  */
 int proto_frame_feed(struct proto_frame_reader *r, const uint8_t *data, size_t len, char *err, size_t errlen);

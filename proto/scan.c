@@ -5,8 +5,10 @@
  * Schema followed (field numbers from prompb/remote.proto and types.proto):
  *   depth 0  ReadResponse  { 1: QueryResult results }
  *   depth 1  QueryResult   { 1: TimeSeries timeseries }
- *   depth 2  TimeSeries    { 1: labels, 2: Sample samples, 3: exemplars, 4: Histogram histograms }
+ *   depth 2  TimeSeries    { 1: Label labels, 2: Sample samples, 3: exemplars, 4: Histogram histograms }
  * Everything else, at any depth, is skipped; Sample and Histogram bodies are counted, not read.
+ * With a series callback, the bytes of each Label go to the shared collector (wire.h), which
+ * decodes and copies them, and the series is reported when its TimeSeries ends.
  */
 #include "proto/scan.h"
 
@@ -20,6 +22,7 @@
 /* Field numbers and nesting levels of the messages the scanner looks into. */
 #define RESPONSE_RESULTS 1u
 #define RESULT_TIMESERIES 1u
+#define SERIES_LABELS 1u
 #define SERIES_SAMPLES 2u
 #define SERIES_HISTOGRAMS 4u
 
@@ -34,6 +37,7 @@ struct proto_scan {
 	struct proto_scan_counts *results; /* [max_queries] counts, first n_results used */
 	size_t max_queries;                /* capacity of <results> */
 	size_t n_results;                  /* QueryResults opened so far */
+	struct proto_series_labels labels; /* series callback and its label buffer */
 	int error;                         /* sticky negative errno, 0 while healthy */
 };
 
@@ -72,11 +76,17 @@ static int scan_on_field(void *ctx, const struct proto_walk_field *f, char *err,
 			return PROTO_WALK_SKIP;
 		if ((rc = want_len(f, "QueryResult.timeseries", err, errlen)) < 0)
 			return rc;
+		if ((rc = proto_series_labels_begin(&s->labels, err, errlen)) < 0)
+			return rc;
 		s->results[s->n_results - 1].series++;
 		return PROTO_WALK_DESCEND;
 	case DEPTH_SERIES:
 		cur = &s->results[s->n_results - 1];
-		if (f->number == SERIES_SAMPLES) {
+		if (f->number == SERIES_LABELS) {
+			/* Labels are read only to be collected; a non-LEN one is not a Label: skip it. */
+			if (f->type == PROTO_WT_LEN && proto_series_labels_label(&s->labels, f->value))
+				return PROTO_WALK_BYTES;
+		} else if (f->number == SERIES_SAMPLES) {
 			if ((rc = want_len(f, "TimeSeries.samples", err, errlen)) < 0)
 				return rc;
 			cur->samples++;
@@ -91,8 +101,35 @@ static int scan_on_field(void *ctx, const struct proto_walk_field *f, char *err,
 	}
 }
 
+/* Walker callback: bytes of a Label being collected. */
+static void scan_on_bytes(void *ctx, const struct proto_walk_field *f, const uint8_t *data, size_t len)
+{
+	struct proto_scan *s = ctx;
+
+	(void)f;
+	proto_series_labels_bytes(&s->labels, data, len);
+}
+
+/* Walker callback: a Label (field at depth 2) or a TimeSeries (depth 1) ended; report the latter. */
+static int scan_on_end(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen)
+{
+	struct proto_scan *s = ctx;
+
+	(void)err;
+	(void)errlen;
+	if (f->depth == DEPTH_SERIES) {
+		proto_series_labels_label_end(&s->labels);
+	} else if (f->depth == DEPTH_RESULT) {
+		proto_series_labels_end(&s->labels, 1);
+		proto_series_labels_flush(&s->labels, s->n_results - 1, 0);
+	}
+	return 0;
+}
+
 static const struct proto_walk_ops scan_ops = {
 	.on_field = scan_on_field,
+	.on_bytes = scan_on_bytes,
+	.on_end = scan_on_end,
 };
 
 struct proto_scan *proto_scan_new(size_t max_queries)
@@ -109,6 +146,7 @@ struct proto_scan *proto_scan_new(size_t max_queries)
 	}
 	s->max_queries = max_queries;
 	proto_walk_init(&s->walk, &scan_ops, s, UINT64_MAX);
+	proto_series_labels_init(&s->labels);
 	return s;
 }
 
@@ -116,8 +154,19 @@ void proto_scan_free(struct proto_scan *s)
 {
 	if (!s)
 		return;
+	proto_series_labels_deinit(&s->labels);
 	free(s->results);
 	free(s);
+}
+
+void proto_scan_set_series_cb(struct proto_scan *s, proto_series_fn fn, void *ctx)
+{
+	proto_series_labels_set_cb(&s->labels, fn, ctx);
+}
+
+uint64_t proto_scan_skipped(const struct proto_scan *s)
+{
+	return s->labels.skipped;
 }
 
 /*
@@ -144,7 +193,7 @@ int proto_scan_feed(struct proto_scan *s, const uint8_t *data, size_t len, char 
 		return s->error;
 	}
 	rc = proto_walk_feed(&s->walk, data, len, err, errlen);
-	return rc < 0 ? scan_failed(s, rc, "corrupt", err, errlen) : 0;
+	return rc < 0 ? scan_failed(s, rc, rc == -ENOMEM ? "scan" : "corrupt", err, errlen) : 0;
 }
 
 int proto_scan_finish(struct proto_scan *s, char *err, size_t errlen)

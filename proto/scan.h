@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "proto/wire.h" /* proto_series_fn, struct proto_label */
+
 /* Counts for one QueryResult (index = position in ReadResponse.results = query index). */
 struct proto_scan_counts {
 	uint64_t series;     /* TimeSeries */
@@ -30,9 +32,24 @@ struct proto_scan *proto_scan_new(size_t max_queries);
 void proto_scan_free(struct proto_scan *s);
 
 /*
+ * Report every TimeSeries to <fn> (NULL: stop) as soon as it ends, with its labels in wire order
+ * and query_index = the index of its QueryResult. Call before the first feed. <fn> runs inside
+ * proto_scan_feed and must not call back into <s>; <ctx> is borrowed. Labels are copied into a
+ * buffer of PROTO_SERIES_LABELS_MAX bytes (allocated by the first series) that holds the names,
+ * values and one struct proto_label per label; a series that does not fit, or whose Labels are
+ * not valid messages, is reported with n_labels 0 and counted by proto_scan_skipped (the counts,
+ * and the verdict but for -ENOMEM, never depend on it). Without a callback nothing is copied.
+ */
+void proto_scan_set_series_cb(struct proto_scan *s, proto_series_fn fn, void *ctx);
+
+/* Series reported without their labels (see proto_scan_set_series_cb). */
+uint64_t proto_scan_skipped(const struct proto_scan *s);
+
+/*
  * Feed the next <len> bytes. Returns 0, or -EBADMSG (corrupt wire format: bad varint, bad wire
- * type, a length running past its parent) or -E2BIG (more results than <max_queries>), with one
- * line in <err>. After an error the scanner stays failed.
+ * type, a length running past its parent), -E2BIG (more results than <max_queries>) or -ENOMEM
+ * (a series callback is set and its label buffer cannot be allocated), with one line in <err>.
+ * After an error the scanner stays failed; series reported before it stay reported.
  */
 int proto_scan_feed(struct proto_scan *s, const uint8_t *data, size_t len, char *err, size_t errlen);
 

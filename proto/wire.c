@@ -14,6 +14,8 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* Largest field number protobuf allows (2^29 - 1). */
 #define FIELD_NUMBER_MAX 536870911u
@@ -307,4 +309,247 @@ int proto_walk_finish(struct proto_walk *w, char *err, size_t errlen)
 		return walk_fail(w, -EBADMSG);
 	}
 	return 0;
+}
+
+/* ---- series label collector ------------------------------------------------------------- */
+
+/* Fields of a prometheus.Label message. */
+#define LABEL_NAME 1u
+#define LABEL_VALUE 2u
+
+/* Header of one series in the arena; its <n_labels> descriptors follow it directly. */
+struct series_rec {
+	size_t n_labels;  /* descriptors after this header */
+	size_t oversized; /* nonzero: the labels did not fit (or did not decode) and were given back */
+};
+
+/* Records and descriptors are packed back to back, so each size must keep the other aligned. */
+_Static_assert(sizeof(struct series_rec) % _Alignof(struct proto_label) == 0, "record breaks label alignment");
+_Static_assert(sizeof(struct proto_label) % _Alignof(struct series_rec) == 0, "label breaks record alignment");
+
+/* Strings of length 0 point here rather than at the arena's edge. */
+static const char empty_string[] = "";
+
+/* The record of the open series (ls->cur must be an offset). */
+static struct series_rec *open_rec(struct proto_series_labels *ls)
+{
+	return (struct series_rec *)(void *)(ls->arena + ls->cur);
+}
+
+/* The descriptor of the Label opened last (the open series has at least one). */
+static struct proto_label *open_label(struct proto_series_labels *ls)
+{
+	return (struct proto_label *)(void *)(ls->arena + ls->front) - 1;
+}
+
+/* Whether labels of the open series are still being collected. */
+static int collecting(struct proto_series_labels *ls)
+{
+	return ls->fn && ls->cur != SIZE_MAX && !open_rec(ls)->oversized;
+}
+
+/* The open series does not fit: give back its descriptors and strings, keep the bare record. */
+static void series_overflow(struct proto_series_labels *ls)
+{
+	struct series_rec *rec = open_rec(ls);
+
+	rec->n_labels = 0;
+	rec->oversized = 1;
+	ls->front = ls->cur + sizeof(struct series_rec);
+	ls->back = ls->cur_back;
+	ls->fill = NULL;
+	ls->in_label = 0;
+}
+
+/*
+ * Label walker callback: reserve room at the back for a name or value (whose length the header
+ * gives before any byte arrives) and have its bytes delivered; skip everything else.
+ */
+static int label_on_field(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen)
+{
+	struct proto_series_labels *ls = ctx;
+	struct proto_label *l;
+	const char *at = empty_string;
+
+	(void)err;
+	(void)errlen;
+	ls->fill = NULL;
+	if (f->depth != 0 || f->type != PROTO_WT_LEN || (f->number != LABEL_NAME && f->number != LABEL_VALUE) ||
+	    !collecting(ls))
+		return PROTO_WALK_SKIP;
+	if (f->value > ls->back - ls->front) {
+		series_overflow(ls);
+		return PROTO_WALK_SKIP;
+	}
+	if (f->value > 0) {
+		ls->back -= (size_t)f->value;
+		at = (const char *)ls->arena + ls->back;
+		ls->fill = (char *)ls->arena + ls->back;
+	}
+	l = open_label(ls);
+	if (f->number == LABEL_NAME) {
+		l->name = at;
+		l->name_len = (size_t)f->value;
+	} else {
+		l->value = at;
+		l->value_len = (size_t)f->value;
+	}
+	return PROTO_WALK_BYTES;
+}
+
+/* Label walker callback: the walker delivers exactly the announced length, so <fill> stays inside
+ * the reserved string. */
+static void label_on_bytes(void *ctx, const struct proto_walk_field *f, const uint8_t *data, size_t len)
+{
+	struct proto_series_labels *ls = ctx;
+
+	(void)f;
+	if (ls->fill) {
+		memcpy(ls->fill, data, len);
+		ls->fill += len;
+	}
+}
+
+static const struct proto_walk_ops label_ops = {
+	.on_field = label_on_field,
+	.on_bytes = label_on_bytes,
+};
+
+void proto_series_labels_init(struct proto_series_labels *ls)
+{
+	*ls = (struct proto_series_labels){ .back = PROTO_SERIES_LABELS_MAX, .cur = SIZE_MAX };
+}
+
+void proto_series_labels_deinit(struct proto_series_labels *ls)
+{
+	free(ls->arena);
+	ls->arena = NULL;
+}
+
+/* Resetting here is what lets the inline hooks skip all work while collection is off: the state
+ * they leave untouched is already clean when collection starts again. */
+void proto_series_labels_set_cb(struct proto_series_labels *ls, proto_series_fn fn, void *ctx)
+{
+	ls->fn = fn;
+	ls->ctx = ctx;
+	proto_series_labels_reset(ls);
+}
+
+void proto_series_labels_reset(struct proto_series_labels *ls)
+{
+	ls->front = 0;
+	ls->back = PROTO_SERIES_LABELS_MAX;
+	ls->cur = SIZE_MAX;
+	ls->cur_lost = 0;
+	ls->in_label = 0;
+	ls->fill = NULL;
+	ls->lost = 0;
+}
+
+int proto_series_labels_begin__(struct proto_series_labels *ls, char *err, size_t errlen)
+{
+	ls->cur = SIZE_MAX;
+	ls->cur_lost = 0;
+	ls->in_label = 0;
+	if (!ls->arena) {
+		/* malloc aligns for any object, so descriptors at the front are aligned. */
+		ls->arena = malloc(PROTO_SERIES_LABELS_MAX);
+		if (!ls->arena) {
+			snprintf(err, errlen, "out of memory for the series label buffer (%d bytes)", PROTO_SERIES_LABELS_MAX);
+			return -ENOMEM;
+		}
+	}
+	/* Free space only shrinks within a batch, so once a record misses, all later ones do. */
+	if (sizeof(struct series_rec) > ls->back - ls->front) {
+		ls->cur_lost = 1;
+		ls->lost++;
+		return 0;
+	}
+	ls->cur = ls->front;
+	ls->cur_back = ls->back;
+	*open_rec(ls) = (struct series_rec){ 0 };
+	ls->front += sizeof(struct series_rec);
+	return 0;
+}
+
+int proto_series_labels_label__(struct proto_series_labels *ls, uint64_t len)
+{
+	ls->in_label = 0;
+	if (!collecting(ls))
+		return 0;
+	if (sizeof(struct proto_label) > ls->back - ls->front) {
+		series_overflow(ls);
+		return 0;
+	}
+	ls->front += sizeof(struct proto_label);
+	/* proto3 default: a Label without name or value has an empty one. */
+	*open_label(ls) = (struct proto_label){ .name = empty_string, .value = empty_string };
+	open_rec(ls)->n_labels++;
+	proto_walk_init(&ls->label_walk, &label_ops, ls, len);
+	ls->in_label = 1;
+	return 1;
+}
+
+/*
+ * A Label that is not a valid message loses the series its labels, like one that does not fit:
+ * the caller's own walk never looked inside Labels, so its verdict must not depend on them.
+ */
+void proto_series_labels_bytes__(struct proto_series_labels *ls, const uint8_t *data, size_t len)
+{
+	char err[160];
+
+	if (proto_walk_feed(&ls->label_walk, data, len, err, sizeof(err)) < 0)
+		series_overflow(ls);
+}
+
+void proto_series_labels_label_end__(struct proto_series_labels *ls)
+{
+	char err[160];
+
+	if (proto_walk_finish(&ls->label_walk, err, sizeof(err)) < 0)
+		series_overflow(ls);
+	ls->in_label = 0;
+	ls->fill = NULL;
+}
+
+/* Also sound for a series that opened before the callback was set: it has neither record nor
+ * place in <lost>, so there is nothing to drop. */
+void proto_series_labels_end__(struct proto_series_labels *ls, int keep)
+{
+	if (!keep && ls->cur_lost) {
+		ls->lost--;
+	} else if (!keep && ls->cur != SIZE_MAX) {
+		ls->front = ls->cur;
+		ls->back = ls->cur_back;
+	}
+	ls->cur = SIZE_MAX;
+	ls->cur_lost = 0;
+	ls->in_label = 0;
+	ls->fill = NULL;
+}
+
+void proto_series_labels_flush(struct proto_series_labels *ls, size_t query_index, int drop_first)
+{
+	size_t at = 0;
+
+	if (!ls->fn)
+		return; /* set_cb emptied the batch when collection stopped */
+	/* The first series of a batch always gets a record: the arena is empty when it opens. */
+	while (at < ls->front) {
+		const struct series_rec *rec = (const struct series_rec *)(const void *)(ls->arena + at);
+		const struct proto_label *labels = (const struct proto_label *)(const void *)(rec + 1);
+
+		if (!drop_first) {
+			if (rec->oversized)
+				ls->skipped++;
+			ls->fn(ls->ctx, query_index, rec->n_labels ? labels : NULL, rec->n_labels);
+		}
+		drop_first = 0;
+		at += sizeof(*rec) + rec->n_labels * sizeof(*labels);
+	}
+	for (; ls->lost > 0; ls->lost--) {
+		ls->skipped++;
+		ls->fn(ls->ctx, query_index, NULL, 0);
+	}
+	proto_series_labels_reset(ls);
 }

@@ -138,4 +138,127 @@ static inline uint64_t proto_walk_offset(const struct proto_walk *w)
 	return w->pos;
 }
 
+/* One label of a series as it appears on the wire (not NUL-terminated). */
+struct proto_label {
+	const char *name;
+	size_t name_len;
+	const char *value;
+	size_t value_len;
+};
+
+/*
+ * Called once per series of a response with its labels, in wire order. <labels> and the bytes
+ * they point to are valid during the call only. <query_index> is the QueryResult position
+ * (SAMPLES) or the frame's query_index (streams).
+ */
+typedef void (*proto_series_fn)(void *ctx, size_t query_index, const struct proto_label *labels,
+				size_t n_labels);
+
+/* Label bytes kept per series for proto_series_fn; a series with more is reported without labels
+ * (n_labels 0) and counted in the reader's skipped figure. */
+#define PROTO_SERIES_LABELS_MAX 16384
+
+/*
+ * Series label collector shared by proto_scan and proto_frame: takes the bytes of each Label
+ * message of the series being walked, as the caller's walker delivers them, decodes them with a
+ * walker of its own, copies names and values into one buffer of PROTO_SERIES_LABELS_MAX bytes,
+ * and reports the series through a proto_series_fn.
+ *
+ * The buffer is a batch of series, each a record followed by its label descriptors, packed from
+ * the front, with the strings packed from the back. What a series "costs" is therefore its names
+ * and values plus one struct proto_label per label and one record; a series that does not fit,
+ * or whose Labels are not valid messages, is kept as a record without labels and reported with
+ * n_labels 0. SAMPLES report each series as it ends (batches of one); streams batch a frame's
+ * series until its query_index is known.
+ *
+ * Off (no callback) it allocates nothing, copies nothing, and every hook returns at once.
+ * Members are private.
+ */
+struct proto_series_labels {
+	proto_series_fn fn;      /* (ref) NULL: collection off */
+	void *ctx;               /* (ref) passed to <fn> */
+	unsigned char *arena;    /* PROTO_SERIES_LABELS_MAX bytes, allocated by the first series */
+	size_t front;            /* end of the records and descriptors packed from the start */
+	size_t back;             /* start of the strings packed from the end */
+	size_t cur;              /* arena offset of the open series' record; SIZE_MAX: none or no room */
+	size_t cur_back;         /* <back> when the open series began, to give its strings back */
+	int cur_lost;            /* the open series found no room for a record and is one of <lost> */
+	int in_label;            /* <label_walk> is decoding a Label of the open series */
+	struct proto_walk label_walk; /* walker over that Label's bytes */
+	char *fill;              /* where the next bytes of the open name or value go; NULL: none */
+	uint64_t lost;           /* series of the batch that found no room even for a record */
+	uint64_t skipped;        /* series reported without their labels, since init */
+};
+
+void proto_series_labels_init(struct proto_series_labels *ls);
+
+/* Free the buffer. The collector may be initialised again afterwards. */
+void proto_series_labels_deinit(struct proto_series_labels *ls);
+
+/*
+ * Start (<fn> set) or stop (<fn> NULL) collecting, from the next series on; a pending batch and
+ * the open series are dropped unreported.
+ */
+void proto_series_labels_set_cb(struct proto_series_labels *ls, proto_series_fn fn, void *ctx);
+
+/* Forget the batch and the open series without reporting them (a new frame begins). */
+void proto_series_labels_reset(struct proto_series_labels *ls);
+
+/*
+ * The hooks below are inline so that, with collection off, a walker pays one branch per call
+ * and no function call; the __ variants do the work.
+ */
+int proto_series_labels_begin__(struct proto_series_labels *ls, char *err, size_t errlen);
+int proto_series_labels_label__(struct proto_series_labels *ls, uint64_t len);
+void proto_series_labels_bytes__(struct proto_series_labels *ls, const uint8_t *data, size_t len);
+void proto_series_labels_label_end__(struct proto_series_labels *ls);
+void proto_series_labels_end__(struct proto_series_labels *ls, int keep);
+
+/*
+ * A series message opens. Returns 0, or -ENOMEM with one line in <err> when the buffer cannot be
+ * allocated (the collector is then unchanged and the caller should fail).
+ */
+static inline int proto_series_labels_begin(struct proto_series_labels *ls, char *err, size_t errlen)
+{
+	return ls->fn ? proto_series_labels_begin__(ls, err, errlen) : 0;
+}
+
+/*
+ * A Label message of <len> bytes opens in the open series. Returns 1 when it is being collected:
+ * pass its contents to proto_series_labels_bytes, then call proto_series_labels_label_end.
+ * Its name (field 1) and value (field 2) are kept, a later one replacing an earlier one as in
+ * protobuf; other fields are skipped.
+ */
+static inline int proto_series_labels_label(struct proto_series_labels *ls, uint64_t len)
+{
+	return ls->fn ? proto_series_labels_label__(ls, len) : 0;
+}
+
+/* The next <len> bytes of the Label being collected (any split); ignored when there is none. */
+static inline void proto_series_labels_bytes(struct proto_series_labels *ls, const uint8_t *data, size_t len)
+{
+	if (ls->in_label)
+		proto_series_labels_bytes__(ls, data, len);
+}
+
+/* The Label ends (after exactly the announced bytes). */
+static inline void proto_series_labels_label_end(struct proto_series_labels *ls)
+{
+	if (ls->in_label)
+		proto_series_labels_label_end__(ls);
+}
+
+/* The open series ends: <keep> 1 adds it to the batch, 0 drops it (it continues the previous). */
+static inline void proto_series_labels_end(struct proto_series_labels *ls, int keep)
+{
+	if (ls->fn)
+		proto_series_labels_end__(ls, keep);
+}
+
+/*
+ * Report every series of the batch, in order, with <query_index>, then empty the batch. With
+ * <drop_first>, the batch's first series continues one reported earlier and is left out.
+ */
+void proto_series_labels_flush(struct proto_series_labels *ls, size_t query_index, int drop_first);
+
 #endif

@@ -142,6 +142,35 @@ static inline struct tbuf tb_unsnappy(const struct tbuf *in)
 	return out;
 }
 
+/*
+ * proto_series_fn that appends one line per series to the struct tbuf at <ctx>:
+ * `q<index>{name=value,...}` (`q<index>{}` without labels), so whole transcripts compare at once.
+ */
+static inline void tb_record_series(void *ctx, size_t query_index, const struct proto_label *labels, size_t n)
+{
+	struct tbuf *b = ctx;
+	char head[32];
+
+	snprintf(head, sizeof(head), "q%zu{", query_index);
+	tb_put(b, head, strlen(head));
+	for (size_t i = 0; i < n; i++) {
+		if (i)
+			tb_byte(b, ',');
+		tb_put(b, labels[i].name, labels[i].name_len);
+		tb_byte(b, '=');
+		tb_put(b, labels[i].value, labels[i].value_len);
+	}
+	tb_put(b, "}\n", 2);
+}
+
+/* Compare a recorded transcript with the NUL-terminated <want>. */
+static inline void tb_assert_transcript(const struct tbuf *got, const char *want)
+{
+	if (got->len != strlen(want) || memcmp(got->data, want, got->len) != 0)
+		fail_msg("series transcript\n%.*s\nwant\n%s", (int)got->len, got->data ? (const char *)got->data : "",
+			 want);
+}
+
 /* Read tests/vectors/<name>. */
 static inline struct tbuf tb_vector(const char *name)
 {

@@ -1,6 +1,6 @@
 /*
  * proto_frame: STREAMED_XOR_CHUNKS frame reading (counts per query, split series counted once,
- * any split of the input) and its failure modes; proto_crc32c.
+ * any split of the input) and its failure modes; series label callbacks; proto_crc32c.
  */
 #include <errno.h>
 
@@ -15,6 +15,12 @@
 #define VEC_CHUNKS 6
 #define VEC_FRAMES 6
 #define VEC_BYTES 1663
+
+/* The vector's series as tb_record_series writes them: each once, though each spans 2 frames. */
+#define VEC_TRANSCRIPT                                                    \
+	"q0{__name__=promguard_vec_requests_total,code=200,job=vec}\n" \
+	"q0{__name__=promguard_vec_requests_total,code=404,job=vec}\n" \
+	"q0{__name__=promguard_vec_requests_total,code=500,job=vec}\n"
 
 /* Bitwise CRC-32C, the reference the table-driven version must match. */
 static uint32_t crc32c_bitwise(const uint8_t *p, size_t n)
@@ -405,6 +411,219 @@ static void test_stays_failed_after_an_error(void **state)
 	proto_frame_reader_free(r);
 }
 
+/*
+ * Read <n> bytes cut at <cuts> with a series callback recording into <transcript>; returns the
+ * finish status and stores the skipped count in *<skipped>.
+ */
+static int read_labels(const uint8_t *p, size_t n, const size_t *cuts, size_t ncuts, struct tbuf *transcript,
+		       uint64_t *skipped)
+{
+	struct proto_frame_reader *r = proto_frame_reader_new(MAX_FRAME, MAXQ);
+	size_t at = 0;
+	char err[256];
+	int rc = 0;
+
+	assert_non_null(r);
+	proto_frame_set_series_cb(r, tb_record_series, transcript);
+	for (size_t i = 0; i <= ncuts && rc == 0; i++) {
+		size_t to = i < ncuts ? cuts[i] : n;
+
+		rc = proto_frame_feed(r, p + at, to - at, err, sizeof(err));
+		at = to;
+	}
+	if (rc == 0)
+		rc = proto_frame_finish(r, err, sizeof(err));
+	*skipped = proto_frame_skipped(r);
+	proto_frame_reader_free(r);
+	return rc;
+}
+
+static void test_series_cb_reports_split_real_series_once(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin"), got = { 0 };
+	uint64_t skipped;
+
+	(void)state;
+	assert_int_equal(read_labels(s.data, s.len, NULL, 0, &got, &skipped), 0);
+	tb_assert_transcript(&got, VEC_TRANSCRIPT);
+	assert_int_equal(skipped, 0);
+	tb_free(&got);
+	tb_free(&s);
+}
+
+static void test_series_cb_same_at_every_split_point_and_byte_by_byte(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin"), got = { 0 };
+	size_t *cuts = malloc(s.len * sizeof(*cuts));
+	uint64_t skipped;
+
+	(void)state;
+	assert_non_null(cuts);
+	for (size_t cut = 0; cut <= s.len; cut++) {
+		assert_int_equal(read_labels(s.data, s.len, &cut, 1, &got, &skipped), 0);
+		tb_assert_transcript(&got, VEC_TRANSCRIPT);
+		tb_free(&got);
+	}
+	for (size_t i = 0; i < s.len; i++)
+		cuts[i] = i + 1;
+	assert_int_equal(read_labels(s.data, s.len, cuts, s.len, &got, &skipped), 0);
+	tb_assert_transcript(&got, VEC_TRANSCRIPT);
+	tb_free(&got);
+	free(cuts);
+	tb_free(&s);
+}
+
+static void test_series_cb_follows_the_split_series_dedupe(void **state)
+{
+	struct tbuf s = { 0 }, msg = { 0 }, got = { 0 };
+	uint64_t skipped;
+
+	(void)state;
+	put_series_frame(&s, 0, "a", 2);
+	put_series_frame(&s, 0, "a", 1); /* continues a */
+	put_series_frame(&s, 0, "a", 1); /* still a */
+	put_series_frame(&s, 0, "b", 1);
+	tb_frame(&s, &msg, 0, 0);        /* an empty frame does not break the split */
+	put_series_frame(&s, 0, "b", 1); /* continues b */
+	put_series_frame(&s, 1, "b", 1); /* same labels, other query: a new series */
+	put_series_frame(&s, 0, "a", 1); /* a again after b: not adjacent, reported */
+	for (int i = 0; i < 4; i++) {
+		struct tbuf series = { 0 };
+
+		/* one frame for query 3 carrying a, b, b, a: b continued within the frame */
+		tb_label(&series, 1, "__name__", i == 1 || i == 2 ? "b" : "a");
+		tb_msg(&msg, 1, &series);
+	}
+	tb_vfield(&msg, 2, 3);
+	tb_frame(&s, &msg, 0, 0);
+	tb_free(&msg);
+	assert_int_equal(read_labels(s.data, s.len, NULL, 0, &got, &skipped), 0);
+	tb_assert_transcript(&got, "q0{__name__=a,job=j}\n"
+				   "q0{__name__=b,job=j}\n"
+				   "q1{__name__=b,job=j}\n"
+				   "q0{__name__=a,job=j}\n"
+				   "q3{__name__=a}\n"
+				   "q3{__name__=b}\n"
+				   "q3{__name__=a}\n");
+	tb_free(&got);
+	tb_free(&s);
+}
+
+/* Append a frame for <query> with one ChunkedSeries {__name__=<name>, big=<len> x 'v'}. */
+static void put_big_frame(struct tbuf *stream, int64_t query, const char *name, size_t len)
+{
+	struct tbuf msg = { 0 }, series = { 0 };
+	char *value = malloc(len + 1);
+
+	assert_non_null(value);
+	memset(value, 'v', len);
+	value[len] = '\0';
+	tb_label(&series, 1, "__name__", name);
+	tb_label(&series, 1, "big", value);
+	tb_lfield(&series, 2, "", 0);
+	tb_msg(&msg, 1, &series);
+	if (query)
+		tb_vfield(&msg, 2, (uint64_t)query);
+	tb_frame(stream, &msg, 0, 0);
+	tb_free(&msg);
+	free(value);
+}
+
+static void test_series_cb_skips_and_counts_oversized_label_sets(void **state)
+{
+	struct tbuf s = { 0 }, got = { 0 };
+	size_t cut;
+	uint64_t skipped;
+
+	(void)state;
+	put_big_frame(&s, 0, "a", 2);
+	put_big_frame(&s, 0, "b", PROTO_SERIES_LABELS_MAX);
+	put_big_frame(&s, 0, "b", PROTO_SERIES_LABELS_MAX); /* continues b: not reported, not counted */
+	put_big_frame(&s, 1, "c", 1);
+	cut = s.len / 2;
+	assert_int_equal(read_labels(s.data, s.len, &cut, 1, &got, &skipped), 0);
+	tb_assert_transcript(&got, "q0{__name__=a,big=vv}\nq0{}\nq1{__name__=c,big=v}\n");
+	assert_int_equal(skipped, 1);
+	tb_free(&got);
+	tb_free(&s);
+}
+
+static void test_series_cb_reports_every_series_of_a_crowded_frame(void **state)
+{
+	/* 1000 distinct series in one frame outgrow the label buffer: the tail has no labels. */
+	static const char head[] = "q2{__name__=m000}\nq2{__name__=m001}\n";
+	struct tbuf s = { 0 }, msg = { 0 }, got = { 0 };
+	uint64_t skipped;
+	size_t lines = 0, empty = 0;
+
+	(void)state;
+	for (int i = 0; i < 1000; i++) {
+		struct tbuf series = { 0 };
+		char name[16];
+
+		snprintf(name, sizeof(name), "m%03d", i);
+		tb_label(&series, 1, "__name__", name);
+		tb_msg(&msg, 1, &series);
+	}
+	tb_vfield(&msg, 2, 2);
+	tb_frame(&s, &msg, 0, 0);
+	tb_free(&msg);
+	assert_int_equal(read_labels(s.data, s.len, NULL, 0, &got, &skipped), 0);
+	tb_byte(&got, '\0');
+	assert_true(strncmp((const char *)got.data, head, sizeof(head) - 1) == 0);
+	for (const char *p = (const char *)got.data; (p = strchr(p, '\n')) != NULL; p++)
+		lines++;
+	for (const char *p = (const char *)got.data; (p = strstr(p, "q2{}\n")) != NULL; p++)
+		empty++;
+	assert_int_equal(lines, 1000);
+	assert_true(empty > 0 && empty < 1000);
+	assert_int_equal(skipped, empty);
+	tb_free(&got);
+	tb_free(&s);
+}
+
+static void test_series_cb_not_called_for_a_frame_failing_its_checksum(void **state)
+{
+	struct tbuf s = { 0 }, msg = { 0 }, series = { 0 }, got = { 0 };
+	uint64_t skipped;
+
+	(void)state;
+	put_series_frame(&s, 0, "a", 1);
+	tb_label(&series, 1, "__name__", "b");
+	tb_msg(&msg, 1, &series);
+	tb_frame(&s, &msg, 1, 0xdeadbeef);
+	assert_int_equal(read_labels(s.data, s.len, NULL, 0, &got, &skipped), -EBADMSG);
+	tb_assert_transcript(&got, "q0{__name__=a,job=j}\n");
+	tb_free(&msg);
+	tb_free(&got);
+	tb_free(&s);
+}
+
+static void test_series_cb_can_be_removed_between_feeds(void **state)
+{
+	struct tbuf s = tb_vector("streamed_response.bin"), got = { 0 };
+	struct proto_frame_reader *r = proto_frame_reader_new(MAX_FRAME, MAXQ);
+	const struct proto_frame_counts *res;
+	size_t n, half = s.len / 2;
+	char err[256];
+
+	(void)state;
+	proto_frame_set_series_cb(r, tb_record_series, &got);
+	assert_int_equal(proto_frame_feed(r, s.data, half, err, sizeof(err)), 0);
+	proto_frame_set_series_cb(r, NULL, NULL);
+	assert_int_equal(proto_frame_feed(r, s.data + half, s.len - half, err, sizeof(err)), 0);
+	assert_int_equal(proto_frame_finish(r, err, sizeof(err)), 0);
+	/* Only series whose frames ended before the removal were reported; the counts are whole. */
+	tb_byte(&got, '\0');
+	assert_non_null(strstr((const char *)got.data, "code=200"));
+	assert_null(strstr((const char *)got.data, "code=500"));
+	res = proto_frame_results(r, &n);
+	assert_vector_counts(res, n);
+	proto_frame_reader_free(r);
+	tb_free(&got);
+	tb_free(&s);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -424,6 +643,13 @@ int main(void)
 		cmocka_unit_test(test_rejects_query_index_out_of_range),
 		cmocka_unit_test(test_rejects_invalid_message_with_valid_crc),
 		cmocka_unit_test(test_stays_failed_after_an_error),
+		cmocka_unit_test(test_series_cb_reports_split_real_series_once),
+		cmocka_unit_test(test_series_cb_same_at_every_split_point_and_byte_by_byte),
+		cmocka_unit_test(test_series_cb_follows_the_split_series_dedupe),
+		cmocka_unit_test(test_series_cb_skips_and_counts_oversized_label_sets),
+		cmocka_unit_test(test_series_cb_reports_every_series_of_a_crowded_frame),
+		cmocka_unit_test(test_series_cb_not_called_for_a_frame_failing_its_checksum),
+		cmocka_unit_test(test_series_cb_can_be_removed_between_feeds),
 	};
 
 	return cmocka_run_group_tests_name("proto_frame", tests, NULL, NULL);

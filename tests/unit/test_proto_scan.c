@@ -1,6 +1,6 @@
 /*
  * proto_scan: counts of series, samples, histograms and bytes in a SAMPLES ReadResponse, fed in
- * arbitrary pieces, and rejection of corrupt wire data.
+ * arbitrary pieces, and rejection of corrupt wire data; series label callbacks.
  */
 #include <errno.h>
 
@@ -13,6 +13,12 @@
 #define VEC_SERIES 3
 #define VEC_SAMPLES 720
 #define VEC_RESULT_BYTES 13143
+
+/* The vector's series as tb_record_series writes them (wire order: sorted by label name). */
+#define VEC_TRANSCRIPT                                                    \
+	"q0{__name__=promguard_vec_requests_total,code=200,job=vec}\n" \
+	"q0{__name__=promguard_vec_requests_total,code=404,job=vec}\n" \
+	"q0{__name__=promguard_vec_requests_total,code=500,job=vec}\n"
 
 /* Scan <n> bytes cut into pieces at <cuts> (ascending offsets); returns the finish status. */
 static int scan_pieces(const uint8_t *p, size_t n, const size_t *cuts, size_t ncuts, struct proto_scan_counts *out,
@@ -276,6 +282,232 @@ static void test_stays_failed_after_an_error(void **state)
 	proto_scan_free(s);
 }
 
+/*
+ * Scan <n> bytes cut at <cuts> with a series callback recording into <transcript>; returns the
+ * finish status and stores the skipped count in *<skipped>.
+ */
+static int scan_labels(const uint8_t *p, size_t n, const size_t *cuts, size_t ncuts, struct tbuf *transcript,
+		       uint64_t *skipped)
+{
+	struct proto_scan *s = proto_scan_new(MAXQ);
+	size_t at = 0;
+	char err[256];
+	int rc = 0;
+
+	assert_non_null(s);
+	proto_scan_set_series_cb(s, tb_record_series, transcript);
+	for (size_t i = 0; i <= ncuts && rc == 0; i++) {
+		size_t to = i < ncuts ? cuts[i] : n;
+
+		rc = proto_scan_feed(s, p + at, to - at, err, sizeof(err));
+		at = to;
+	}
+	if (rc == 0)
+		rc = proto_scan_finish(s, err, sizeof(err));
+	*skipped = proto_scan_skipped(s);
+	proto_scan_free(s);
+	return rc;
+}
+
+static void test_series_cb_reports_labels_of_real_response(void **state)
+{
+	struct tbuf raw = vector_response(), got = { 0 };
+	uint64_t skipped;
+
+	(void)state;
+	assert_int_equal(scan_labels(raw.data, raw.len, NULL, 0, &got, &skipped), 0);
+	tb_assert_transcript(&got, VEC_TRANSCRIPT);
+	assert_int_equal(skipped, 0);
+	tb_free(&got);
+	tb_free(&raw);
+}
+
+static void test_series_cb_same_at_every_split_point_and_byte_by_byte(void **state)
+{
+	struct tbuf raw = vector_response();
+	size_t *cuts = malloc(raw.len * sizeof(*cuts));
+	uint64_t skipped;
+
+	(void)state;
+	assert_non_null(cuts);
+	for (size_t cut = 0; cut <= raw.len; cut++) {
+		struct tbuf got = { 0 };
+
+		assert_int_equal(scan_labels(raw.data, raw.len, &cut, 1, &got, &skipped), 0);
+		tb_assert_transcript(&got, VEC_TRANSCRIPT);
+		tb_free(&got);
+	}
+	for (size_t i = 0; i < raw.len; i++)
+		cuts[i] = i + 1;
+	{
+		struct tbuf got = { 0 };
+
+		assert_int_equal(scan_labels(raw.data, raw.len, cuts, raw.len, &got, &skipped), 0);
+		tb_assert_transcript(&got, VEC_TRANSCRIPT);
+		tb_free(&got);
+	}
+	free(cuts);
+	tb_free(&raw);
+}
+
+/* Append a TimeSeries with the given encoded Label messages (raw contents) and one sample. */
+static void put_raw_series(struct tbuf *qr, const char *const *labels, size_t n)
+{
+	struct tbuf ts = { 0 };
+	static const uint8_t sample[] = { 0x10, 0x01 }; /* timestamp 1 */
+
+	for (size_t i = 0; i < n; i++)
+		tb_str(&ts, 1, labels[i]);
+	tb_lfield(&ts, 2, sample, sizeof(sample));
+	tb_msg(qr, 1, &ts);
+}
+
+static void test_series_cb_gives_query_index_and_protobuf_label_semantics(void **state)
+{
+	/* value before name, a repeated name (last wins), an unknown field, missing value, empty Label */
+	static const char *const odd[] = { "\x12\x01" "v" "\x0a\x01" "n", "\x0a\x01" "x" "\x0a\x01" "y" "\x18\x07",
+					   "\x0a\x01" "z", "" };
+	static const char *const none[] = { NULL };
+	struct tbuf resp = { 0 }, q0 = { 0 }, q1 = { 0 }, q2 = { 0 }, got = { 0 };
+	uint64_t skipped;
+
+	(void)state;
+	put_series(&q0, 1, 0, 1); /* {__name__="up"} with M3's extra fields */
+	put_raw_series(&q2, odd, 4);
+	put_raw_series(&q2, none, 0);
+	tb_msg(&resp, 1, &q0);
+	tb_msg(&resp, 1, &q1); /* no series: no callback, but the index moves on */
+	tb_msg(&resp, 1, &q2);
+	assert_int_equal(scan_labels(resp.data, resp.len, NULL, 0, &got, &skipped), 0);
+	tb_assert_transcript(&got, "q0{__name__=up}\n"
+				   "q2{n=v,y=,z=,=}\n"
+				   "q2{}\n");
+	assert_int_equal(skipped, 0); /* a series without labels is not a skipped one */
+	tb_free(&got);
+	tb_free(&resp);
+}
+
+/* Append the characters of <text> (no NUL). */
+static void put_text(struct tbuf *b, const char *text)
+{
+	tb_put(b, text, strlen(text));
+}
+
+/* Append a TimeSeries {__name__=<name>, big=<value_len> x 'v'} to <qr>. */
+static void put_big_series(struct tbuf *qr, const char *name, size_t value_len)
+{
+	struct tbuf ts = { 0 };
+	char *value = malloc(value_len + 1);
+
+	assert_non_null(value);
+	memset(value, 'v', value_len);
+	value[value_len] = '\0';
+	tb_label(&ts, 1, "__name__", name);
+	tb_label(&ts, 1, "big", value);
+	tb_msg(qr, 1, &ts);
+	free(value);
+}
+
+static void test_series_cb_skips_and_counts_oversized_label_sets(void **state)
+{
+	struct tbuf resp = { 0 }, qr = { 0 }, want = { 0 };
+	/* Names, values and one descriptor per label must fit: 16000 bytes do, 16384 cannot. */
+	size_t fits = PROTO_SERIES_LABELS_MAX - 384;
+	size_t cuts[] = { 0, 0 };
+	uint64_t skipped;
+
+	(void)state;
+	put_big_series(&qr, "a", 3);
+	put_big_series(&qr, "b", PROTO_SERIES_LABELS_MAX);
+	put_big_series(&qr, "c", fits);
+	put_big_series(&qr, "d", 3 * PROTO_SERIES_LABELS_MAX);
+	put_big_series(&qr, "e", 1);
+	tb_msg(&resp, 1, &qr);
+
+	put_text(&want, "q0{__name__=a,big=vvv}\nq0{}\nq0{__name__=c,big=");
+	for (size_t i = 0; i < fits; i++)
+		tb_byte(&want, 'v');
+	put_text(&want, "}\nq0{}\nq0{__name__=e,big=v}\n");
+	tb_byte(&want, '\0');
+	/* Whole, and cut inside both a kept and a skipped value. */
+	cuts[0] = resp.len / 4;
+	cuts[1] = resp.len / 2;
+	for (size_t ncuts = 0; ncuts <= 2; ncuts += 2) {
+		struct tbuf got = { 0 };
+
+		assert_int_equal(scan_labels(resp.data, resp.len, cuts, ncuts, &got, &skipped), 0);
+		tb_assert_transcript(&got, (const char *)want.data);
+		assert_int_equal(skipped, 2);
+		tb_free(&got);
+	}
+	tb_free(&want);
+	tb_free(&resp);
+}
+
+static void test_series_cb_many_small_labels_count_against_the_buffer(void **state)
+{
+	/* 600 labels of 4 bytes each: 2.4 KB of strings, but 600 descriptors do not fit in 16 KB. */
+	struct tbuf resp = { 0 }, qr = { 0 }, ts = { 0 }, got = { 0 };
+	uint64_t skipped;
+
+	(void)state;
+	for (int i = 0; i < 600; i++) {
+		char name[16];
+
+		snprintf(name, sizeof(name), "l%03d", i);
+		tb_label(&ts, 1, name, "");
+	}
+	tb_msg(&qr, 1, &ts);
+	tb_msg(&resp, 1, &qr);
+	assert_int_equal(scan_labels(resp.data, resp.len, NULL, 0, &got, &skipped), 0);
+	tb_assert_transcript(&got, "q0{}\n");
+	assert_int_equal(skipped, 1);
+	tb_free(&got);
+	tb_free(&resp);
+}
+
+static void test_series_cb_undecodable_label_loses_the_labels_not_the_scan(void **state)
+{
+	/* A name claiming 5 bytes with 2 left, and a group wire type: the counts never look inside. */
+	static const char *const bad_len[] = { "\x0a\x01" "a", "\x0a\x05" "ab" };
+	static const char *const bad_type[] = { "\x0b" };
+	static const char *const good[] = { "\x0a\x01" "n" "\x12\x01" "v" };
+	struct tbuf resp = { 0 }, qr = { 0 }, got = { 0 };
+	uint64_t skipped;
+
+	(void)state;
+	put_raw_series(&qr, bad_len, 2);
+	put_raw_series(&qr, bad_type, 1);
+	put_raw_series(&qr, good, 1);
+	tb_msg(&resp, 1, &qr);
+	assert_int_equal(scan_labels(resp.data, resp.len, NULL, 0, &got, &skipped), 0);
+	tb_assert_transcript(&got, "q0{}\nq0{}\nq0{n=v}\n");
+	assert_int_equal(skipped, 2);
+	tb_free(&got);
+	tb_free(&resp);
+}
+
+static void test_without_series_cb_nothing_is_reported_or_skipped(void **state)
+{
+	struct tbuf resp = { 0 }, qr = { 0 };
+	struct proto_scan *s = proto_scan_new(MAXQ);
+	const struct proto_scan_counts *res;
+	size_t n;
+	char err[256];
+
+	(void)state;
+	put_big_series(&qr, "b", 2 * PROTO_SERIES_LABELS_MAX);
+	tb_msg(&resp, 1, &qr);
+	assert_int_equal(proto_scan_feed(s, resp.data, resp.len, err, sizeof(err)), 0);
+	assert_int_equal(proto_scan_finish(s, err, sizeof(err)), 0);
+	res = proto_scan_results(s, &n);
+	assert_int_equal(n, 1);
+	assert_int_equal(res[0].series, 1);
+	assert_int_equal(proto_scan_skipped(s), 0);
+	proto_scan_free(s);
+	tb_free(&resp);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -293,6 +525,13 @@ int main(void)
 		cmocka_unit_test(test_rejects_more_results_than_max_queries),
 		cmocka_unit_test(test_rejects_body_truncated_at_any_point),
 		cmocka_unit_test(test_stays_failed_after_an_error),
+		cmocka_unit_test(test_series_cb_reports_labels_of_real_response),
+		cmocka_unit_test(test_series_cb_same_at_every_split_point_and_byte_by_byte),
+		cmocka_unit_test(test_series_cb_gives_query_index_and_protobuf_label_semantics),
+		cmocka_unit_test(test_series_cb_skips_and_counts_oversized_label_sets),
+		cmocka_unit_test(test_series_cb_many_small_labels_count_against_the_buffer),
+		cmocka_unit_test(test_series_cb_undecodable_label_loses_the_labels_not_the_scan),
+		cmocka_unit_test(test_without_series_cb_nothing_is_reported_or_skipped),
 	};
 
 	return cmocka_run_group_tests_name("proto_scan", tests, NULL, NULL);

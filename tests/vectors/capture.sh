@@ -139,3 +139,12 @@ s = rd("streamed_response.bin")
 print("streamed_response.bin:", len(s), "bytes", len(promrr.split_frames(s)), "frames",
       promrr.parse_chunked_stream(s))
 ' "$out"
+
+# --- series_response.json (by hand; not part of the run above) --------------------------------------
+# The series-probe answer comes from a Prometheus that scrapes itself, so its instance label (the
+# port) differs on every capture and the file is not regenerated here. To refresh it, run
+#   prometheus --config.file=self.yml --storage.tsdb.path=/tmp/self --web.listen-address=127.0.0.1:PORT
+# with self.yml = `global: {scrape_interval: 1s}` plus one scrape job "prometheus" targeting
+# 127.0.0.1:PORT, wait until /api/v1/series?match[]=up lists the job, two more seconds, then
+#   curl -fsS -g "http://127.0.0.1:PORT/api/v1/series?match[]=up&match[]=go_gc_duration_seconds" \
+#     -o tests/vectors/series_response.json
