@@ -77,23 +77,66 @@ static void serve_status(struct proxy_admin *a, struct proxy_req *req)
 			    "{\"version\":\"%s\",\"uptime_seconds\":%lld,\"ready\":%s,\"draining\":%s,"
 			    "\"upstream\":{\"address\":\"%s\",\"reachable\":%s,\"connections\":%zu,\"waiting\":%zu},"
 			    "\"counters\":{\"requests\":%llu,\"queries\":%llu,\"bad_requests\":%llu,"
-			    "\"upstream_errors\":%llu,\"response_series\":%llu,\"response_bytes\":%llu,"
-			    "\"inflight\":%llu},\"config\":",
+			    "\"upstream_errors\":%llu,\"rejected\":%llu,\"response_series\":%llu,"
+			    "\"response_bytes\":%llu,\"inflight\":%llu},\"config\":",
 			    PROMGUARD_VERSION, (long long)(time(NULL) - a->started), why ? "false" : "true",
 			    a->draining ? "true" : "false", proxy_upstream_name(a->up),
 			    proxy_upstream_reachable(a->up) ? "true" : "false", proxy_upstream_connections(a->up),
 			    proxy_upstream_waiting(a->up), (unsigned long long)s->requests,
 			    (unsigned long long)s->queries, (unsigned long long)s->bad_requests,
-			    (unsigned long long)s->upstream_errors, (unsigned long long)s->response_series,
+			    (unsigned long long)s->upstream_errors, (unsigned long long)s->rejected,
+			    (unsigned long long)s->response_series,
 			    (unsigned long long)s->response_bytes, (unsigned long long)s->inflight);
 	conf_write_json(a->conf, b);
+	evbuffer_add(b, ",\"top_rejected\":", 16);
+	proxy_flow_write_top_rejected(a->flow, b);
 	evbuffer_add(b, "}\n", 2);
 	proxy_req_add_header(req, "Content-Type", "application/json");
 	proxy_req_reply(req, 200, b);
 	evbuffer_free(b);
 }
 
+static void serve_reload(struct proxy_admin *a, struct proxy_req *req)
+{
+	struct evbuffer *errs = evbuffer_new();
+
+	if (!errs) {
+		proxy_req_abort(req);
+		return;
+	}
+	if (a->reload(a->reload_arg, errs) == 0) {
+		proxy_req_reply_text(req, 200, "promguard: config reloaded");
+	} else {
+		/* every error, one per line, as --check-config prints them */
+		proxy_req_add_header(req, "Content-Type", "text/plain; charset=utf-8");
+		proxy_req_reply(req, 400, errs);
+	}
+	evbuffer_free(errs);
+}
+
+static void serve_explain(struct proxy_admin *a, struct proxy_req *req)
+{
+	struct evbuffer *b = evbuffer_new();
+	char err[512];
+	int status;
+
+	if (!b) {
+		proxy_req_abort(req);
+		return;
+	}
+	status = proxy_flow_explain(a->flow, proxy_req_query(req), b, err, sizeof(err));
+	if (status == 200) {
+		proxy_req_add_header(req, "Content-Type", "application/json");
+		proxy_req_reply(req, 200, b);
+	} else {
+		proxy_req_reply_text(req, status, "%s", err);
+	}
+	evbuffer_free(b);
+}
+
 static const struct route routes[] = {
+	{ "/-/reload", "POST", serve_reload },
+	{ "/api/v1/explain", "GET", serve_explain },
 	{ "/metrics", "GET", serve_metrics },
 	{ "/-/healthy", "GET", serve_healthy },
 	{ "/-/ready", "GET", serve_ready },

@@ -876,9 +876,9 @@ static void post_when(struct ctx *x, void *base, const char *path, int line,
  */
 static const struct field upstream_fields[] = {
 	{ .key = "url", .kind = F_STR, .off = offsetof(struct conf, upstream_url),
-	  .check = check_http_url, .required = 1, .reloadable = 1 },
+	  .check = check_http_url, .required = 1, .reloadable = 0 },
 	NUM(struct conf, "timeout", upstream_timeout_ms, CONF_T_DURATION, MS_M, 1, MS_D, 1),
-	NUM(struct conf, "max_connections", upstream_max_connections, CONF_T_COUNT, 64, 1, 65535, 1),
+	NUM(struct conf, "max_connections", upstream_max_connections, CONF_T_COUNT, 64, 1, 65535, 0),
 	CUSTOM("headers", parse_headers, json_headers, text_headers),
 	ENUM(struct conf, "propagate_limits", propagate_limits, propagate_names, CONF_PROPAGATE_NONE),
 	END
@@ -1555,6 +1555,14 @@ static void post_root(struct ctx *x, void *base, const char *path, int line,
 		if (!c->upstream_host || !c->upstream_path)
 			oom(x, line, "upstream.url");
 	}
+	if (c->est_probe_url && url_split(c->est_probe_url, &u, why, sizeof(why)) == 0) {
+		c->est_probe_host = strndup(u.host, u.host_len);
+		c->est_probe_port = u.port;
+		if (asprintf(&c->est_probe_path, "%s%s", u.path[0] == '/' ? "" : "/", u.path) < 0)
+			c->est_probe_path = NULL;
+		if (!c->est_probe_host || !c->est_probe_path)
+			oom(x, line, "estimator.probe_url");
+	}
 	for (t = 0; t < c->n_tenants; t++)
 		for (i = 0; i < CONF_LIMIT__COUNT; i++)
 			if (!(c->tenants[t].overridden & (1u << i)))
@@ -1573,6 +1581,8 @@ void conf_free(struct conf *c)
 	free(c->path);
 	free(c->upstream_host);
 	free(c->upstream_path);
+	free(c->est_probe_host);
+	free(c->est_probe_path);
 	for (i = 0; i < c->n_upstream_headers; i++) {
 		free(c->upstream_headers[i].key);
 		free(c->upstream_headers[i].value);
@@ -1619,6 +1629,7 @@ int conf_load_string(const char *name, const char *yaml, size_t len, struct conf
 		conf_free(c);
 		return -ENOMEM;
 	}
+	c->refs = 1;
 	for (i = 0; i < CONF_LIMIT__COUNT; i++)
 		c->limits.v[i] = conf_limit_defs[i].def;
 	if (!yaml_parser_initialize(&parser)) {
@@ -1763,7 +1774,7 @@ static int is_default(const struct field *f, const void *base)
 }
 
 /* Write <s> as a JSON string. */
-static void json_str(struct evbuffer *out, const char *s)
+void conf_json_string(struct evbuffer *out, const char *s)
 {
 	const char *run = s;
 
@@ -1790,7 +1801,7 @@ static void json_value(struct evbuffer *out, enum conf_type type, int64_t v)
 
 	conf_format_value(type, v, buf, sizeof(buf));
 	if (type == CONF_T_SIZE || type == CONF_T_DURATION)
-		json_str(out, buf);
+		conf_json_string(out, buf);
 	else
 		evbuffer_add_printf(out, "%s", buf);
 }
@@ -1806,16 +1817,16 @@ static void json_members(struct evbuffer *out, const struct field *fields, const
 		const void *p = member(f, base);
 
 		evbuffer_add_printf(out, "%s", f == fields ? "" : ",");
-		json_str(out, f->key);
+		conf_json_string(out, f->key);
 		evbuffer_add(out, ":", 1);
 		switch (f->kind) {
 		case F_STR:
 			if (*(char *const *)p)
-				json_str(out, *(char *const *)p);
+				conf_json_string(out, *(char *const *)p);
 			else
 				evbuffer_add_printf(out, "null");
 			break;
-		case F_ENUM: json_str(out, f->names[*(const int *)p]); break;
+		case F_ENUM: conf_json_string(out, f->names[*(const int *)p]); break;
 		case F_NUM: json_value(out, f->type, *(const int64_t *)p); break;
 		case F_LIMIT:
 			json_value(out, conf_limit_defs[f->limit].type, ((const struct conf *)base)->limits.v[f->limit]);
@@ -1824,7 +1835,7 @@ static void json_members(struct evbuffer *out, const struct field *fields, const
 			evbuffer_add(out, "[", 1);
 			for (i = 0; i < *(const size_t *)list_count(f, base); i++) {
 				evbuffer_add_printf(out, "%s", i ? "," : "");
-				json_str(out, (*(char *const *const *)p)[i]);
+				conf_json_string(out, (*(char *const *const *)p)[i]);
 			}
 			evbuffer_add(out, "]", 1);
 			break;
@@ -1834,7 +1845,7 @@ static void json_members(struct evbuffer *out, const struct field *fields, const
 			for (i = 0; f->names[i]; i++)
 				if (*(const unsigned *)p & (1u << i)) {
 					evbuffer_add_printf(out, "%s", sep);
-					json_str(out, f->names[i]);
+					conf_json_string(out, f->names[i]);
 					sep = ",";
 				}
 			evbuffer_add(out, "]", 1);
@@ -1858,7 +1869,7 @@ static void json_headers(struct evbuffer *out, const struct conf *c)
 	evbuffer_add(out, "{", 1);
 	for (i = 0; i < c->n_upstream_headers; i++) {
 		evbuffer_add_printf(out, "%s", i ? "," : "");
-		json_str(out, c->upstream_headers[i].key);
+		conf_json_string(out, c->upstream_headers[i].key);
 		evbuffer_add_printf(out, ":\"<redacted>\"");
 	}
 	evbuffer_add(out, "}", 1);
@@ -1872,21 +1883,21 @@ static void json_hints(struct evbuffer *out, const struct conf *c)
 	evbuffer_add(out, "{", 1);
 	for (i = 0; i < c->n_est_hints; i++) {
 		evbuffer_add_printf(out, "%s", i ? "," : "");
-		json_str(out, c->est_hints[i].metric);
+		conf_json_string(out, c->est_hints[i].metric);
 		evbuffer_add_printf(out, ":%" PRId64, c->est_hints[i].series);
 	}
 	evbuffer_add(out, "}", 1);
 }
 
 /* One limits object: every limit by key, including queue's max_queued. */
-static void json_limits(struct evbuffer *out, const struct conf_limits *l)
+void conf_write_limits_json(const struct conf_limits *l, struct evbuffer *out)
 {
 	int i;
 
 	evbuffer_add(out, "{", 1);
 	for (i = 0; i < CONF_LIMIT__COUNT; i++) {
 		evbuffer_add_printf(out, "%s", i ? "," : "");
-		json_str(out, conf_limit_defs[i].key);
+		conf_json_string(out, conf_limit_defs[i].key);
 		evbuffer_add(out, ":", 1);
 		json_value(out, conf_limit_defs[i].type, l->v[i]);
 	}
@@ -1896,7 +1907,7 @@ static void json_limits(struct evbuffer *out, const struct conf_limits *l)
 /* limits: the global values. */
 static void json_global_limits(struct evbuffer *out, const struct conf *c)
 {
-	json_limits(out, &c->limits);
+	conf_write_limits_json(&c->limits, out);
 }
 
 /* tenants: {"name": {"limits": {effective}, "overridden": ["key", ...]}} */
@@ -1909,14 +1920,14 @@ static void json_tenants(struct evbuffer *out, const struct conf *c)
 	for (t = 0; t < c->n_tenants; t++) {
 		const char *sep = "";
 		evbuffer_add_printf(out, "%s", t ? "," : "");
-		json_str(out, c->tenants[t].name);
+		conf_json_string(out, c->tenants[t].name);
 		evbuffer_add_printf(out, ":{\"limits\":");
-		json_limits(out, &c->tenants[t].limits);
+		conf_write_limits_json(&c->tenants[t].limits, out);
 		evbuffer_add_printf(out, ",\"overridden\":[");
 		for (i = 0; i < CONF_LIMIT__COUNT; i++)
 			if (c->tenants[t].overridden & (1u << i)) {
 				evbuffer_add_printf(out, "%s", sep);
-				json_str(out, conf_limit_defs[i].key);
+				conf_json_string(out, conf_limit_defs[i].key);
 				sep = ",";
 			}
 		evbuffer_add(out, "]}", 2);
@@ -1941,7 +1952,7 @@ static void json_rules(struct evbuffer *out, const struct conf *c)
 void conf_write_json(const struct conf *c, struct evbuffer *out)
 {
 	evbuffer_add_printf(out, "{\"path\":");
-	json_str(out, c->path);
+	conf_json_string(out, c->path);
 	evbuffer_add(out, ",", 1);
 	json_members(out, root_fields, c, c);
 	evbuffer_add(out, "}", 1);
@@ -2089,5 +2100,36 @@ static int keep_fields(const struct field *fields, struct conf *next, const stru
 
 int conf_keep_unreloadable(struct conf *next, const struct conf *cur, struct evbuffer *warnings)
 {
-	return keep_fields(root_fields, next, cur, warnings, "");
+	int kept = keep_fields(root_fields, next, cur, warnings, "");
+
+	/* the upstream's parts are derived from upstream.url: keep them with it */
+	if (kept > 0 && strcmp(next->upstream_url, cur->upstream_url) == 0 &&
+	    (strcmp(next->upstream_host, cur->upstream_host) != 0 || next->upstream_port != cur->upstream_port ||
+	     strcmp(next->upstream_path, cur->upstream_path) != 0)) {
+		char *host = strdup(cur->upstream_host), *path = strdup(cur->upstream_path);
+		if (!host || !path) {
+			free(host);
+			free(path);
+			return -ENOMEM;
+		}
+		free(next->upstream_host);
+		free(next->upstream_path);
+		next->upstream_host = host;
+		next->upstream_path = path;
+		next->upstream_port = cur->upstream_port;
+	}
+	return kept;
+}
+
+struct conf *conf_ref(struct conf *c)
+{
+	if (c)
+		c->refs++;
+	return c;
+}
+
+void conf_unref(struct conf *c)
+{
+	if (c && --c->refs <= 0)
+		conf_free(c);
 }

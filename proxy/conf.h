@@ -139,6 +139,9 @@ struct conf {
 	enum conf_unknown est_unknown;
 	enum conf_probe est_probe;
 	char *est_probe_url;        /* NULL: derived from upstream.url */
+	char *est_probe_host;       /* parsed from est_probe_url; NULL when it is unset */
+	int est_probe_port;
+	char *est_probe_path;       /* path and query of est_probe_url */
 	struct conf_hint *est_hints;
 	size_t n_est_hints;
 	int64_t est_max_memory;
@@ -155,6 +158,8 @@ struct conf {
 	int64_t queue_max_tracked_keys;
 
 	int64_t shutdown_grace_ms;
+
+	int refs;                   /* conf_ref/conf_unref: requests in flight keep the config they began with */
 };
 
 /*
@@ -169,6 +174,10 @@ int conf_load_string(const char *name, const char *yaml, size_t len, struct conf
 		     struct evbuffer *errs);
 
 void conf_free(struct conf *c);
+
+/* Reference counting for reload: a loaded config starts at 1; the last unref frees it. */
+struct conf *conf_ref(struct conf *c);
+void conf_unref(struct conf *c);
 
 /* Effective limits for <tenant> (NULL or unknown: the global limits). Never NULL. (ref) */
 const struct conf_limits *conf_limits_for(const struct conf *c, const char *tenant);
@@ -196,6 +205,12 @@ int conf_keep_unreloadable(struct conf *next, const struct conf *cur, struct evb
  * replace), the rules, then every other setting. Header values are not printed.
  */
 void conf_print_report(const struct conf *c, struct evbuffer *out);
+
+/* Write <s> as a JSON string (quoted, escaped): shared by the admin endpoints' JSON. */
+void conf_json_string(struct evbuffer *out, const char *s);
+
+/* Write <l> as a JSON object keyed by the limits' YAML keys (sizes/durations as strings). */
+void conf_write_limits_json(const struct conf_limits *l, struct evbuffer *out);
 
 /*
  * Write the effective config as one JSON object (for /api/v1/status): the YAML keys and nesting,

@@ -1,23 +1,33 @@
 /*
- * proxy_flow: the remote-read request path (see flow.h). Read proxy_flow_handle() first; the
- * upstream callbacks below it follow the response from head to last byte.
+ * proxy_flow: the remote-read request path (see flow.h). Read proxy_flow_handle() first, then
+ * flow_estimated() and flow_forward(); the upstream callbacks below them follow the response from
+ * its head to its last byte.
  */
 #include "proxy/flow.h"
 
 #include <ctype.h>
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <snappy-c.h>
 
+#include "limiter/admission.h"
+#include "limiter/estimator.h"
+#include "limiter/probe.h"
 #include "proto/frame.h"
 #include "proto/request.h"
 #include "proto/scan.h"
+#include "proto/selector.h"
+#include "proto/wire.h"
 #include "proxy/conf.h"
 #include "proxy/http.h"
 #include "proxy/log.h"
@@ -28,31 +38,80 @@
 #define TENANT_MAX 128                    /* longest tenant header value accepted */
 #define STREAM_MAX_FRAME 50000000         /* Prometheus' own chunked_read_limit default */
 #define SCAN_DECODED_MAX (1024ULL << 20)  /* SAMPLES bodies decoding larger are relayed uncounted */
-#define DECISION_ADMIT "admit; reason=none; estimate=0; source=none"
-#define DECISION_BAD "reject; reason=bad_request; estimate=0; source=none"
+#define PROBE_TIMEOUT_MS 5000             /* a probe slower than this is a failed probe */
+#define LOG_EVERY_MS 10000                /* one rejection line per selector per this long */
+#define LOG_SLOTS 1024                    /* selectors tracked for log rate limiting */
+#define TOP_REJECTED 32                   /* selectors kept for /api/v1/status */
+#define SELECTOR_MAX 2048                 /* printed selector in logs and status */
+#define EXPLAIN_MAX_QUERIES 16            /* match[] values one explain call may ask about */
 
 /* How a response is relayed, decided from its status and Content-Type. */
 enum relay_mode {
 	RELAY_NONE,    /* no response head yet */
-	RELAY_SAMPLES, /* 2xx SAMPLES: buffered, counted, then sent whole */
-	RELAY_STREAM,  /* 2xx STREAMED_XOR_CHUNKS: relayed as it arrives, frames counted */
+	RELAY_SAMPLES, /* 2xx SAMPLES: buffered, counted and checked, then sent whole */
+	RELAY_STREAM,  /* 2xx STREAMED_XOR_CHUNKS: relayed as it arrives, frames counted and checked */
 	RELAY_PASS,    /* anything else (store errors): relayed as it arrives, untouched */
 };
 
+/* Rejection logs are rate-limited per selector fingerprint (direct-mapped, bounded). */
+struct log_slot {
+	uint64_t fingerprint;
+	int64_t last_ms;
+	uint64_t suppressed;
+};
+
+/* A frequently rejected selector, for /api/v1/status (space-saving: the rarest is replaced). */
+struct top_rejected {
+	uint64_t fingerprint;
+	uint64_t count;
+	char tenant[TENANT_MAX + 1];
+	char reason[32];
+	char selector[256];
+};
+
+/* Requests in flight per tenant, for a tenant's own limits.max_inflight. */
+struct tenant_inflight {
+	char tenant[TENANT_MAX + 1];
+	uint64_t n;
+};
+
 struct proxy_flow {
-	const struct conf *conf;          /* (ref) */
-	struct proxy_upstream *up;        /* (ref) */
+	struct conf *conf;                /* ref-counted; requests hold the one they began with */
+	struct proxy_upstream *up;        /* (ref) the store */
+	struct proxy_upstream *probe_up;  /* (ref) the store's series API; NULL: probes off */
+	char probe_path[256];             /* e.g. /api/v1/series */
+	struct est *est;
 	struct proxy_flow_stats stats;
+	struct log_slot log_slots[LOG_SLOTS];
+	struct top_rejected top[TOP_REJECTED];
+	struct tenant_inflight *tin;      /* tenants with requests in flight */
+	size_t n_tin, cap_tin;
+};
+
+struct flow_req;
+
+/* One query of a request: its estimate, its decision, its probe. */
+struct flow_query {
+	struct flow_req *fr;                 /* (ref) owner */
+	const struct proto_query *q;         /* (ref) into fr->decoded */
+	struct est_result est;
+	struct limiter_decision decision;    /* admission outcome (admit or shadow when forwarded) */
+	struct proxy_upstream_req *probe;    /* (ref) series API request in flight */
+	struct limiter_probe_count count;    /* probe answer so far */
+	int shadow_counted;                  /* a shadow rejection during the response was counted */
 };
 
 /* One remote-read request in flight. */
 struct flow_req {
 	struct proxy_flow *f;             /* (ref) */
+	struct conf *conf;                /* counted reference: the config this request runs under */
 	struct proxy_req *req;            /* (ref) client request; NULL once the client is gone */
 	struct proxy_upstream_req *ureq;  /* (ref) NULL when not talking to the store */
 	struct proto_request *decoded;
+	struct flow_query *qs;
+	size_t probes_pending;
 	char tenant[TENANT_MAX + 1];
-	const struct conf_limits *limits; /* (ref) the tenant's limits */
+	struct limiter_input in;          /* tenant, limits and config for the limiter */
 	uint8_t *body;                    /* contiguous request body, forwarded as is */
 	size_t body_len;
 	enum relay_mode relay;
@@ -61,8 +120,11 @@ struct flow_req {
 	struct proto_frame_reader *frames;/* RELAY_STREAM: counts the frames as they pass */
 	uint64_t resp_bytes;              /* bytes received from the store */
 	int paused;                       /* upstream reading paused for a slow client */
+	int inflight;                     /* counted in the in-flight gauges */
 	struct timespec t0;               /* sent to the store */
 };
+
+static void flow_forward(struct flow_req *fr);
 
 static double since(const struct timespec *t0)
 {
@@ -70,6 +132,14 @@ static double since(const struct timespec *t0)
 
 	clock_gettime(CLOCK_MONOTONIC, &now);
 	return (double)(now.tv_sec - t0->tv_sec) + (double)(now.tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
 }
 
 static void count_request(int status)
@@ -102,33 +172,122 @@ static int tenant_valid(const char *t, const char **why)
 	return 1;
 }
 
-/* --- answering ----------------------------------------------------------------------------- */
+/* The estimator's settings from a config. */
+static void est_settings_from(const struct conf *c, struct est_settings *s, struct est_hint *hints)
+{
+	for (size_t i = 0; i < c->n_est_hints; i++) {
+		hints[i].metric = c->est_hints[i].metric;
+		hints[i].series = (uint64_t)c->est_hints[i].series;
+	}
+	s->scrape_interval_ms = c->est_scrape_interval_ms;
+	s->max_memory = (uint64_t)c->est_max_memory;
+	s->hints = hints;
+	s->n_hints = c->n_est_hints;
+}
 
-/* End of the request's life: counters, then free. The client reply has been given already. */
+static void update_est_gauges(struct proxy_flow *f)
+{
+	struct est_stats st;
+
+	est_get_stats(f->est, &st);
+	metrics_set(METRICS_EST_MEMORY, NULL, NULL, (double)st.memory_bytes);
+	metrics_set(METRICS_EST_MEMORY_LIMIT, NULL, NULL, (double)st.memory_limit);
+	metrics_set(METRICS_EST_ENTRIES, "recall", NULL, (double)st.recall_entries);
+	metrics_set(METRICS_EST_ENTRIES, "metrics", NULL, (double)st.metrics);
+	metrics_set(METRICS_EST_ENTRIES, "label_values", NULL, (double)st.label_values);
+	metrics_set(METRICS_EST_EVICTIONS, NULL, NULL, (double)st.evictions);
+}
+
+/* --- per-tenant in-flight counts ------------------------------------------------------------ */
+
+static struct tenant_inflight *tin_find(struct proxy_flow *f, const char *tenant)
+{
+	for (size_t i = 0; i < f->n_tin; i++)
+		if (strcmp(f->tin[i].tenant, tenant) == 0)
+			return &f->tin[i];
+	return NULL;
+}
+
+static uint64_t tin_get(struct proxy_flow *f, const char *tenant)
+{
+	struct tenant_inflight *t = tin_find(f, tenant);
+
+	return t ? t->n : 0;
+}
+
+/* Enter or leave the in-flight set; entries exist only while a tenant has requests running. */
+static int inflight_enter(struct flow_req *fr)
+{
+	struct proxy_flow *f = fr->f;
+	struct tenant_inflight *t = tin_find(f, fr->tenant);
+
+	if (!t) {
+		if (f->n_tin == f->cap_tin) {
+			size_t cap = f->cap_tin ? f->cap_tin * 2 : 8;
+			struct tenant_inflight *n = realloc(f->tin, cap * sizeof(*n));
+			if (!n)
+				return -ENOMEM;
+			f->tin = n;
+			f->cap_tin = cap;
+		}
+		t = &f->tin[f->n_tin++];
+		snprintf(t->tenant, sizeof(t->tenant), "%s", fr->tenant);
+		t->n = 0;
+	}
+	t->n++;
+	f->stats.inflight++;
+	fr->inflight = 1;
+	metrics_set(METRICS_INFLIGHT, NULL, NULL, (double)f->stats.inflight);
+	return 0;
+}
+
+static void inflight_leave(struct flow_req *fr)
+{
+	struct proxy_flow *f = fr->f;
+	struct tenant_inflight *t;
+
+	if (!fr->inflight)
+		return;
+	fr->inflight = 0;
+	f->stats.inflight--;
+	metrics_set(METRICS_INFLIGHT, NULL, NULL, (double)f->stats.inflight);
+	t = tin_find(f, fr->tenant);
+	if (t && --t->n == 0)
+		*t = f->tin[--f->n_tin];
+}
+
+/* --- lifecycle of a request ----------------------------------------------------------------- */
+
+/* End of the request's life: cancel what is pending, then free. The client reply is given. */
 static void flow_req_free(struct flow_req *fr)
 {
 	if (fr->ureq)
 		proxy_upstream_cancel(fr->ureq);
+	for (size_t i = 0; fr->qs && i < fr->decoded->n_queries; i++)
+		if (fr->qs[i].probe)
+			proxy_upstream_cancel(fr->qs[i].probe);
+	inflight_leave(fr);
 	proto_request_free(fr->decoded);
 	proto_frame_reader_free(fr->frames);
 	if (fr->samples)
 		evbuffer_free(fr->samples);
+	conf_unref(fr->conf);
+	free(fr->qs);
 	free(fr->body);
 	free(fr);
 }
 
-/* Leave the in-flight set (once the store exchange is over). */
+/* The store exchange is over: observe its duration. */
 static void flow_req_landed(struct flow_req *fr)
 {
-	struct proxy_flow *f = fr->f;
-
 	if (fr->t0.tv_sec == 0 && fr->t0.tv_nsec == 0)
 		return;
 	metrics_observe(METRICS_UPSTREAM_DURATION, since(&fr->t0));
 	fr->t0.tv_sec = fr->t0.tv_nsec = 0;
-	f->stats.inflight--;
-	metrics_set(METRICS_INFLIGHT, NULL, NULL, (double)f->stats.inflight);
+	inflight_leave(fr);
 }
+
+/* --- answering ----------------------------------------------------------------------------- */
 
 /* Reject a request before it reaches the store: one line, counted as bad_request. */
 static void reply_bad(struct proxy_req *req, struct proxy_flow *f, const char *tenant, int status,
@@ -142,8 +301,24 @@ static void reply_bad(struct proxy_req *req, struct proxy_flow *f, const char *t
 	metrics_inc(METRICS_REJECTIONS, tenant, "bad_request");
 	log_info("request rejected", "tenant=%s code=%d reason=bad_request detail=%s peer=%s", tenant, status,
 		 log_quote(q, sizeof(q), line), proxy_req_peer(req));
-	proxy_req_add_header(req, "X-Promguard-Decision", DECISION_BAD);
+	proxy_req_add_header(req, "X-Promguard-Decision", "reject; reason=bad_request; estimate=0; source=default");
 	proxy_req_reply_text(req, status, "%s", line);
+}
+
+/* The decision header of an admitted request: the sum of the estimates, the first query's source. */
+static void add_admit_header(struct flow_req *fr)
+{
+	struct limiter_decision d = { .verdict = LIMITER_ADMIT, .reason = "none" };
+	uint64_t total = 0;
+	char hdr[256];
+
+	for (size_t i = 0; i < fr->decoded->n_queries; i++) {
+		total += fr->qs[i].est.series;
+		if (fr->qs[i].decision.verdict == LIMITER_SHADOW_REJECT && d.verdict == LIMITER_ADMIT)
+			d = fr->qs[i].decision;
+	}
+	limiter_format_header(&d, total, est_source_name(fr->qs[0].est.source), hdr, sizeof(hdr));
+	proxy_req_add_header(fr->req, "X-Promguard-Decision", hdr);
 }
 
 /* A store failure before anything was sent to the client: 502 or 504 with one line. */
@@ -158,7 +333,7 @@ static void reply_upstream_error(struct flow_req *fr, int status, const char *ki
 	metrics_inc(METRICS_UPSTREAM_ERRORS, kind, NULL);
 	log_warn("upstream failed", "tenant=%s kind=%s upstream=%s detail=%s", fr->tenant, kind,
 		 proxy_upstream_name(f->up), log_quote(q, sizeof(q), what));
-	proxy_req_add_header(fr->req, "X-Promguard-Decision", DECISION_ADMIT);
+	add_admit_header(fr);
 	proxy_req_reply_text(fr->req, status, "promguard: upstream %s", what);
 }
 
@@ -177,38 +352,144 @@ static void cut_stream(struct flow_req *fr, const char *kind, const char *what)
 	proxy_req_abort(fr->req);
 }
 
-/* Add what the response held to the tenant's counters. */
-static void count_response(struct flow_req *fr, uint64_t series, uint64_t samples)
+/* Remember a rejected selector for /api/v1/status (space-saving top list). */
+static void top_record(struct proxy_flow *f, uint64_t fp, const char *tenant, const char *reason, const char *sel)
 {
-	fr->f->stats.response_series += series;
-	metrics_add(METRICS_RESPONSE_SERIES, fr->tenant, NULL, (double)series);
-	metrics_add(METRICS_RESPONSE_SAMPLES, fr->tenant, NULL, (double)samples);
-	log_debug("response counted", "tenant=%s status=%d series=%llu samples=%llu bytes=%llu", fr->tenant,
-		  fr->status, (unsigned long long)series, (unsigned long long)samples,
-		  (unsigned long long)fr->resp_bytes);
+	struct top_rejected *slot = &f->top[0];
+
+	for (size_t i = 0; i < TOP_REJECTED; i++) {
+		if (f->top[i].count && f->top[i].fingerprint == fp) {
+			f->top[i].count++;
+			return;
+		}
+		if (f->top[i].count < slot->count)
+			slot = &f->top[i];
+	}
+	/* the rarest is replaced and its count inherited: counts are upper bounds, as in space-saving */
+	slot->fingerprint = fp;
+	slot->count++;
+	snprintf(slot->tenant, sizeof(slot->tenant), "%s", tenant);
+	snprintf(slot->reason, sizeof(slot->reason), "%s", reason);
+	/* long selectors are cut for the status page; the log has them whole */
+	snprintf(slot->selector, sizeof(slot->selector), "%.*s", (int)sizeof(slot->selector) - 1, sel);
 }
 
 /*
- * Count series and samples of a whole SAMPLES body. Returns 0, or -EBADMSG with <err> when the
- * body is not snappy or not a ReadResponse. A body decoding larger than SCAN_DECODED_MAX is not
- * counted (logged); issue #4's windowed decoder removes that gap.
+ * Count and log a rejection or a shadow rejection of <fq> with the same labels, at most one log
+ * line per selector per LOG_EVERY_MS (the next line reports how many were suppressed).
  */
-static int count_samples(struct flow_req *fr, char *err, size_t errlen)
+static void note_rejection(struct flow_query *fq, const struct limiter_decision *d)
+{
+	struct flow_req *fr = fq->fr;
+	struct proxy_flow *f = fr->f;
+	int shadow = d->verdict == LIMITER_SHADOW_REJECT;
+	struct log_slot *slot = &f->log_slots[fq->est.fingerprint % LOG_SLOTS];
+	int64_t now = now_ms();
+	char sel[SELECTOR_MAX], qsel[SELECTOR_MAX + 64], range[128], lim[48], suppressed[48] = "";
+
+	proto_selector_print(fq->q, sel, sizeof(sel));
+	metrics_inc(METRICS_QUERIES, fr->tenant, shadow ? "shadow_rejected" : "rejected");
+	metrics_inc(shadow ? METRICS_SHADOW_REJECTIONS : METRICS_REJECTIONS, fr->tenant, d->reason);
+	if (!shadow)
+		top_record(f, fq->est.fingerprint, fr->tenant, d->reason, sel);
+	if (slot->fingerprint == fq->est.fingerprint && now - slot->last_ms < LOG_EVERY_MS) {
+		slot->suppressed++;
+		return;
+	}
+	proto_range_print(fq->q, range, sizeof(range));
+	conf_format_value(d->type, d->limit, lim, sizeof(lim));
+	if (slot->fingerprint == fq->est.fingerprint && slot->suppressed)
+		snprintf(suppressed, sizeof(suppressed), " suppressed=%llu", (unsigned long long)slot->suppressed);
+	/* interface.md: limit=<key> value=<limit>; the figure that broke it is actual= or estimate= */
+	log_warn(shadow ? "query would be rejected (dry run)" : "query rejected",
+		 "tenant=%s reason=%s limit=%s value=%s %s=%llu estimate=%llu source=%s selector=%s range=%s%s",
+		 fr->tenant, d->reason, d->key, lim, d->actual ? "actual" : "estimated", (unsigned long long)d->value,
+		 (unsigned long long)fq->est.series, est_source_name(fq->est.source), log_quote(qsel, sizeof(qsel), sel),
+		 range, suppressed);
+	slot->fingerprint = fq->est.fingerprint;
+	slot->last_ms = now;
+	slot->suppressed = 0;
+}
+
+/* Reject the request because of query <fq> (422, or 429 for capacity): count, log, answer. */
+static void reply_rejected(struct flow_req *fr, struct flow_query *fq, const struct limiter_decision *d)
+{
+	char line[SELECTOR_MAX + 512], hdr[256];
+
+	note_rejection(fq, d);
+	fr->f->stats.requests++;
+	fr->f->stats.rejected++;
+	count_request(422);
+	limiter_format_rejection(d, fq->q, fr->tenant, est_source_name(fq->est.source), line, sizeof(line));
+	limiter_format_header(d, fq->est.series, est_source_name(fq->est.source), hdr, sizeof(hdr));
+	proxy_req_add_header(fr->req, "X-Promguard-Decision", hdr);
+	proxy_req_reply_text(fr->req, 422, "%s", line);
+}
+
+/* Count a shadow rejection once per query (dry run: the query goes on). */
+static void note_shadow(struct flow_query *fq, const struct limiter_decision *d)
+{
+	if (fq->shadow_counted)
+		return;
+	fq->shadow_counted = 1;
+	note_rejection(fq, d);
+}
+
+/* --- learning from what was relayed --------------------------------------------------------- */
+
+static void on_series_labels(void *ctx, size_t query_index, const struct proto_label *labels, size_t n_labels)
+{
+	struct flow_req *fr = ctx;
+
+	(void)query_index;
+	if (n_labels)
+		est_learn_series(fr->f->est, fr->tenant, labels, n_labels);
+}
+
+/* Teach the estimator the actual outcome of each query, and observe the estimate's error. */
+static void learn_actual(struct flow_req *fr, size_t qi, uint64_t series, uint64_t samples, uint64_t bytes)
+{
+	struct flow_query *fq = &fr->qs[qi];
+
+	est_learn_query(fr->f->est, fr->tenant, fq->q, series, samples, bytes);
+	if (fq->est.series > 0)
+		metrics_observe(METRICS_ESTIMATE_ERROR_RATIO, (double)series / (double)fq->est.series);
+	fr->f->stats.response_series += series;
+	metrics_add(METRICS_RESPONSE_SERIES, fr->tenant, NULL, (double)series);
+	metrics_add(METRICS_RESPONSE_SAMPLES, fr->tenant, NULL, (double)samples);
+}
+
+/* --- the store's response ------------------------------------------------------------------ */
+
+/*
+ * Check a query's counts so far against its limits. Returns 1 when the response must be
+ * refused (a real rejection, filled in <d>); a shadow rejection is counted and returns 0.
+ */
+static int over_limit(struct flow_req *fr, size_t qi, uint64_t series, uint64_t samples, uint64_t bytes,
+		      struct limiter_decision *d)
+{
+	limiter_check_actual(&fr->in, series, samples, bytes, d);
+	if (d->verdict == LIMITER_SHADOW_REJECT)
+		note_shadow(&fr->qs[qi], d);
+	return d->verdict == LIMITER_REJECT;
+}
+
+/*
+ * Count, check and learn a whole SAMPLES body. Returns 0 to relay it, 1 when a limit refused it
+ * (the 422 is sent), or -EBADMSG with <err> when it is not a valid snappy ReadResponse.
+ */
+static int settle_samples(struct flow_req *fr, char *err, size_t errlen)
 {
 	size_t clen = evbuffer_get_length(fr->samples);
 	const char *comp = (const char *)evbuffer_pullup(fr->samples, -1);
-	size_t ulen;
-	char *plain;
-	struct proto_scan_counts *counts;
-	size_t n = 0, nq = fr->decoded->n_queries;
-	uint64_t series = 0, samples = 0;
-	int rc;
+	size_t ulen, n = 0, nq = fr->decoded->n_queries;
+	struct proto_scan *scan = NULL;
+	const struct proto_scan_counts *counts;
+	char *plain = NULL;
+	uint64_t total_plain = 0;
+	int rc = 0;
 
-	if (clen == 0) {
-		snprintf(err, errlen, "empty SAMPLES body");
-		return -EBADMSG;
-	}
-	if (snappy_uncompressed_length(comp, clen, &ulen) != SNAPPY_OK) {
+	if (clen == 0 || snappy_uncompressed_length(comp, clen, &ulen) != SNAPPY_OK) {
 		snprintf(err, errlen, "SAMPLES body is not snappy-compressed");
 		return -EBADMSG;
 	}
@@ -217,34 +498,50 @@ static int count_samples(struct flow_req *fr, char *err, size_t errlen)
 		return 0;
 	}
 	plain = malloc(ulen ? ulen : 1);
-	counts = calloc(nq, sizeof(*counts));
-	if (!plain || !counts) {
-		free(plain);
-		free(counts);
+	scan = proto_scan_new(nq);
+	if (!plain || !scan) {
 		log_warn("response not counted: out of memory", "tenant=%s decoded_bytes=%zu", fr->tenant, ulen);
-		return 0;
+		goto out;
 	}
+	proto_scan_set_series_cb(scan, on_series_labels, fr);
 	if (snappy_uncompress(comp, clen, plain, &ulen) != SNAPPY_OK) {
 		snprintf(err, errlen, "SAMPLES body has corrupt snappy data");
 		rc = -EBADMSG;
-	} else {
-		rc = proto_scan_samples((const uint8_t *)plain, ulen, counts, nq, &n, err, errlen);
+		goto out;
 	}
-	if (rc == 0) {
-		for (size_t i = 0; i < n; i++) {
-			series += counts[i].series;
-			samples += counts[i].samples + counts[i].histograms;
-		}
-		count_response(fr, series, samples);
-	} else if (rc != -EBADMSG) {
+	rc = proto_scan_feed(scan, (const uint8_t *)plain, ulen, err, errlen);
+	if (rc == 0)
+		rc = proto_scan_finish(scan, err, errlen);
+	if (rc == -ENOMEM) {
+		log_warn("response not counted: out of memory", "tenant=%s decoded_bytes=%zu", fr->tenant, ulen);
+		rc = 0;
+		goto out;
+	}
+	if (rc < 0) {
 		rc = -EBADMSG;
+		goto out;
 	}
+	counts = proto_scan_results(scan, &n);
+	for (size_t i = 0; i < n; i++)
+		total_plain += counts[i].bytes;
+	for (size_t i = 0; i < n && i < nq; i++) {
+		struct limiter_decision d;
+		/* compressed bytes attributed to each query in proportion to its decoded size */
+		uint64_t share = total_plain ? (uint64_t)((double)clen * (double)counts[i].bytes / (double)total_plain) : 0;
+		uint64_t samples = counts[i].samples + counts[i].histograms;
+
+		learn_actual(fr, i, counts[i].series, samples, share);
+		if (rc == 0 && over_limit(fr, i, counts[i].series, samples, clen, &d)) {
+			reply_rejected(fr, &fr->qs[i], &d);
+			rc = 1;
+		}
+	}
+	log_debug("response counted", "tenant=%s status=%d results=%zu bytes=%zu", fr->tenant, fr->status, n, clen);
+out:
+	proto_scan_free(scan);
 	free(plain);
-	free(counts);
 	return rc;
 }
-
-/* --- the store's response ------------------------------------------------------------------ */
 
 static void on_upstream_head(void *arg, const struct http_msg *head)
 {
@@ -269,6 +566,8 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 	if (ok && ct && strncasecmp(ct, "application/x-streamed-protobuf", 31) == 0) {
 		fr->relay = RELAY_STREAM;
 		fr->frames = proto_frame_reader_new(STREAM_MAX_FRAME, fr->decoded->n_queries);
+		if (fr->frames)
+			proto_frame_set_series_cb(fr->frames, on_series_labels, fr);
 	} else {
 		fr->relay = RELAY_PASS;
 		if (head->status >= 500)
@@ -281,7 +580,7 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 		proxy_req_add_header(fr->req, "Content-Type", ct);
 	if (ce)
 		proxy_req_add_header(fr->req, "Content-Encoding", ce);
-	proxy_req_add_header(fr->req, "X-Promguard-Decision", DECISION_ADMIT);
+	add_admit_header(fr);
 	proxy_req_reply_start(fr->req, head->status, head->chunked ? -1 : head->content_length);
 }
 
@@ -309,6 +608,34 @@ static int feed_frames(struct flow_req *fr, struct evbuffer *data, char *err, si
 	return rc;
 }
 
+/* Learn what a stream carried per query (at its end, or when it is cut). */
+static void learn_stream(struct flow_req *fr)
+{
+	size_t n;
+	const struct proto_frame_counts *c = proto_frame_results(fr->frames, &n);
+
+	/* streams carry chunks, not samples: the sample figure is left to the estimator's range rule */
+	for (size_t i = 0; i < n && i < fr->decoded->n_queries; i++)
+		learn_actual(fr, i, c[i].series, 0, c[i].bytes);
+}
+
+/* Check a stream's counts so far; cut it (and answer for it) when a query went over. */
+static int stream_over_limit(struct flow_req *fr)
+{
+	size_t n;
+	const struct proto_frame_counts *c = proto_frame_results(fr->frames, &n);
+	struct limiter_decision d;
+
+	for (size_t i = 0; i < n && i < fr->decoded->n_queries; i++) {
+		if (over_limit(fr, i, c[i].series, 0, fr->resp_bytes, &d)) {
+			note_rejection(&fr->qs[i], &d);
+			fr->f->stats.rejected++;
+			return 1;
+		}
+	}
+	return 0;
+}
+
 static void on_upstream_body(void *arg, struct evbuffer *data)
 {
 	struct flow_req *fr = arg;
@@ -321,6 +648,27 @@ static void on_upstream_body(void *arg, struct evbuffer *data)
 	switch (fr->relay) {
 	case RELAY_SAMPLES:
 		evbuffer_add_buffer(fr->samples, data);
+		/* the body is held until it is counted: past the byte limit it cannot be relayed anyway */
+		if (fr->resp_bytes > (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_RESPONSE_BYTES]) {
+			struct limiter_decision d;
+			limiter_check_actual(&fr->in, 0, 0, fr->resp_bytes, &d);
+			if (d.verdict == LIMITER_REJECT) {
+				proxy_upstream_cancel(fr->ureq);
+				fr->ureq = NULL;
+				flow_req_landed(fr);
+				reply_rejected(fr, &fr->qs[0], &d);
+				flow_req_free(fr);
+				return;
+			}
+			/* dry run: count it, then relay the rest as it comes (no longer held or counted) */
+			note_shadow(&fr->qs[0], &d);
+			fr->relay = RELAY_PASS;
+			proxy_req_add_header(fr->req, "Content-Type", "application/x-protobuf");
+			proxy_req_add_header(fr->req, "Content-Encoding", "snappy");
+			add_admit_header(fr);
+			proxy_req_reply_start(fr->req, fr->status, -1);
+			proxy_req_reply_chunk(fr->req, fr->samples);
+		}
 		return;
 	case RELAY_STREAM:
 		if (fr->frames && feed_frames(fr, data, err, sizeof(err)) < 0) {
@@ -331,8 +679,19 @@ static void on_upstream_body(void *arg, struct evbuffer *data)
 			flow_req_free(fr);
 			return;
 		}
-		/* fall through: relay the bytes */
-		/* FALLTHROUGH */
+		if (fr->frames && stream_over_limit(fr)) {
+			/* the estimate was wrong: stop here, learn the truth for next time */
+			learn_stream(fr);
+			proxy_upstream_cancel(fr->ureq);
+			fr->ureq = NULL;
+			flow_req_landed(fr);
+			fr->f->stats.requests++;
+			count_request(fr->status);
+			proxy_req_abort(fr->req);
+			flow_req_free(fr);
+			return;
+		}
+		__attribute__((fallthrough)); /* relay the bytes */
 	case RELAY_PASS:
 		proxy_req_reply_chunk(fr->req, data);
 		/* flow control: a slow client pauses the store instead of growing our buffers */
@@ -351,38 +710,34 @@ static void on_upstream_done(void *arg)
 	struct flow_req *fr = arg;
 	struct proxy_flow *f = fr->f;
 	char err[256];
+	int rc;
 
 	fr->ureq = NULL;
 	flow_req_landed(fr);
 	if (fr->relay == RELAY_SAMPLES) {
-		if (count_samples(fr, err, sizeof(err)) < 0) {
+		rc = settle_samples(fr, err, sizeof(err));
+		if (rc < 0)
 			reply_upstream_error(fr, 502, "corrupt_response", err);
-			flow_req_free(fr);
-			return;
+		if (rc == 0) {
+			proxy_req_add_header(fr->req, "Content-Type", "application/x-protobuf");
+			proxy_req_add_header(fr->req, "Content-Encoding", "snappy");
+			add_admit_header(fr);
+			f->stats.requests++;
+			count_request(fr->status);
+			proxy_req_reply(fr->req, fr->status, fr->samples);
 		}
-		proxy_req_add_header(fr->req, "Content-Type", "application/x-protobuf");
-		proxy_req_add_header(fr->req, "Content-Encoding", "snappy");
-		proxy_req_add_header(fr->req, "X-Promguard-Decision", DECISION_ADMIT);
-		f->stats.requests++;
-		count_request(fr->status);
-		proxy_req_reply(fr->req, fr->status, fr->samples);
+		update_est_gauges(f);
 		flow_req_free(fr);
 		return;
 	}
 	if (fr->relay == RELAY_STREAM && fr->frames) {
-		size_t n;
-		uint64_t series = 0, chunks = 0;
 		if (proto_frame_finish(fr->frames, err, sizeof(err)) < 0) {
 			cut_stream(fr, "corrupt_response", err);
 			flow_req_free(fr);
 			return;
 		}
-		const struct proto_frame_counts *c = proto_frame_results(fr->frames, &n);
-		for (size_t i = 0; i < n; i++) {
-			series += c[i].series;
-			chunks += c[i].chunks;
-		}
-		count_response(fr, series, chunks);
+		learn_stream(fr);
+		update_est_gauges(f);
 	}
 	f->stats.requests++;
 	count_request(fr->status);
@@ -402,7 +757,7 @@ static void on_upstream_error(void *arg, enum proxy_upstream_error kind, const c
 		cut_stream(fr, k, msg);
 	} else if (kind == PROXY_UPSTREAM_TIMEOUT) {
 		char dur[32];
-		conf_format_value(CONF_T_DURATION, fr->f->conf->upstream_timeout_ms, dur, sizeof(dur));
+		conf_format_value(CONF_T_DURATION, fr->conf->upstream_timeout_ms, dur, sizeof(dur));
 		snprintf(what, sizeof(what), "timed out after %s (upstream.timeout)", dur);
 		reply_upstream_error(fr, 504, k, what);
 	} else {
@@ -434,7 +789,114 @@ static void on_client_close(struct proxy_req *req, void *arg)
 	flow_req_landed(fr);
 	count_request(499); /* nginx's "client closed request": nothing was answered */
 	fr->f->stats.requests++;
-	flow_req_free(fr); /* cancels the store request */
+	flow_req_free(fr); /* cancels the store request and any probe */
+}
+
+/* --- probes: the store's series API, when nothing is known -------------------------------- */
+
+static void probe_finish(struct flow_query *fq, const char *result, const char *why)
+{
+	struct flow_req *fr = fq->fr;
+	struct proxy_flow *f = fr->f;
+
+	fq->probe = NULL;
+	metrics_inc(METRICS_PROBES, result, NULL);
+	if (why) {
+		char q[400];
+		/* a failed probe admits: response enforcement still bounds the query */
+		log_warn("probe failed", "tenant=%s detail=%s fallback=admit", fr->tenant, log_quote(q, sizeof(q), why));
+	} else {
+		est_learn_probe(f->est, fr->tenant, fq->q, fq->count.series, strcmp(result, "truncated") == 0);
+		est_estimate(f->est, fr->tenant, fq->q, &fq->est);
+	}
+	if (--fr->probes_pending == 0)
+		flow_forward(fr);
+}
+
+static void on_probe_head(void *arg, const struct http_msg *head)
+{
+	struct flow_query *fq = arg;
+	char why[64];
+
+	if (head->status != 200) {
+		snprintf(why, sizeof(why), "series API answered %d", head->status);
+		proxy_upstream_cancel(fq->probe);
+		probe_finish(fq, "failed", why);
+	}
+}
+
+static void on_probe_body(void *arg, struct evbuffer *data)
+{
+	struct flow_query *fq = arg;
+	struct flow_req *fr = fq->fr;
+	uint64_t cap = (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_SERIES] + 1;
+	char err[256];
+	int rc = 0;
+
+	while (evbuffer_get_length(data) && rc == 0) {
+		struct evbuffer_iovec v;
+		if (evbuffer_peek(data, -1, NULL, &v, 1) < 1)
+			break;
+		rc = limiter_probe_count_feed(&fq->count, v.iov_base, v.iov_len, err, sizeof(err));
+		evbuffer_drain(data, v.iov_len);
+	}
+	if (rc < 0) {
+		proxy_upstream_cancel(fq->probe);
+		probe_finish(fq, "failed", err);
+	} else if (fq->count.series >= cap) {
+		/* enough to know it is over the limit: stop reading */
+		proxy_upstream_cancel(fq->probe);
+		probe_finish(fq, "truncated", NULL);
+	}
+}
+
+static void on_probe_done(void *arg)
+{
+	struct flow_query *fq = arg;
+
+	if (!fq->count.done)
+		probe_finish(fq, "failed", "series API answer ended early");
+	else
+		probe_finish(fq, "ok", NULL);
+}
+
+static void on_probe_error(void *arg, enum proxy_upstream_error kind, const char *msg)
+{
+	struct flow_query *fq = arg;
+	char why[700];
+
+	snprintf(why, sizeof(why), "%s: %s", proxy_upstream_error_kind(kind), msg);
+	probe_finish(fq, "failed", why);
+}
+
+/* Ask the store's series API about <fq>. Returns 0 when a probe is in flight. */
+static int probe_start(struct flow_query *fq)
+{
+	static const struct proxy_upstream_cbs cbs = {
+		.on_head = on_probe_head,
+		.on_body = on_probe_body,
+		.on_done = on_probe_done,
+		.on_error = on_probe_error,
+	};
+	struct flow_req *fr = fq->fr;
+	struct proxy_flow *f = fr->f;
+	const char *tv = proxy_req_header(fr->req, fr->conf->tenant_header);
+	struct proxy_upstream_header hdrs[2] = { { "Accept", "application/json" }, { fr->conf->tenant_header, tv } };
+	char target[8192];
+	struct proxy_upstream_msg msg = { .method = "GET", .target = target, .hdrs = hdrs, .n_hdrs = tv ? 2 : 1 };
+
+	size_t need;
+
+	if (!f->probe_up)
+		return -1;
+	need = limiter_probe_target(f->probe_path, fq->q, target, sizeof(target));
+	if (need == 0 || need >= sizeof(target))
+		return -1; /* out of memory, or a selector too long for a URL: no probe */
+	msg.timeout_ms = fr->conf->upstream_timeout_ms < PROBE_TIMEOUT_MS ? fr->conf->upstream_timeout_ms
+									  : PROBE_TIMEOUT_MS;
+	limiter_probe_count_init(&fq->count);
+	fq->probe = proxy_upstream_send(f->probe_up, &msg, &cbs, fq);
+	return fq->probe ? 0 : -1;
 }
 
 /* --- the request path ---------------------------------------------------------------------- */
@@ -446,8 +908,20 @@ uint64_t proxy_flow_body_cap(struct proxy_flow *f, struct proxy_req *req)
 	return (uint64_t)conf_limits_for(f->conf, t)->v[CONF_LIMIT_MAX_REQUEST_BYTES];
 }
 
-/* Collect the headers sent to the store: protocol headers from the client, tenant, configured. */
-static size_t upstream_headers(struct flow_req *fr, struct proxy_upstream_header *h, size_t max)
+/* Go's time.Duration syntax (M3 parses headers with it): "24h0m0s"-style, no days. */
+static void go_duration(int64_t ms, char *buf, size_t n)
+{
+	int64_t h = ms / 3600000, m = ms / 60000 % 60, s = ms / 1000 % 60, rest = ms % 1000;
+
+	if (rest)
+		snprintf(buf, n, "%lldh%lldm%lld.%03llds", (long long)h, (long long)m, (long long)s, (long long)rest);
+	else
+		snprintf(buf, n, "%lldh%lldm%llds", (long long)h, (long long)m, (long long)s);
+}
+
+/* Collect the headers sent to the store: protocol headers from the client, tenant, configured, M3. */
+static size_t upstream_headers(struct flow_req *fr, struct proxy_upstream_header *h, size_t max, char *m3series,
+			       char *m3range, size_t m3len)
 {
 	static const struct proxy_upstream_header proto_hdrs[] = {
 		{ "Content-Encoding", "snappy" },
@@ -456,7 +930,7 @@ static size_t upstream_headers(struct flow_req *fr, struct proxy_upstream_header
 		{ "User-Agent", "promguard/" PROMGUARD_VERSION },
 		{ "X-Prometheus-Remote-Read-Version", "0.1.0" },
 	};
-	const struct conf *c = fr->f->conf;
+	const struct conf *c = fr->conf;
 	const char *tenant_value = proxy_req_header(fr->req, c->tenant_header);
 	size_t n = 0;
 
@@ -473,7 +947,99 @@ static size_t upstream_headers(struct flow_req *fr, struct proxy_upstream_header
 		h[n].name = c->upstream_headers[i].key;
 		h[n++].value = c->upstream_headers[i].value;
 	}
+	/* upstream.propagate_limits: m3 lets m3coordinator stop early too */
+	if (c->propagate_limits == CONF_PROPAGATE_M3 && n + 2 <= max) {
+		snprintf(m3series, m3len, "%lld", (long long)fr->in.limits->v[CONF_LIMIT_MAX_SERIES]);
+		h[n].name = "M3-Limit-Max-Series";
+		h[n++].value = m3series;
+		if (fr->in.limits->v[CONF_LIMIT_MAX_RANGE] > 0) {
+			go_duration(fr->in.limits->v[CONF_LIMIT_MAX_RANGE], m3range, m3len);
+			h[n].name = "M3-Limit-Max-Range";
+			h[n++].value = m3range;
+		}
+	}
 	return n;
+}
+
+/* 4. forward: every query is admitted (or shadow-rejected); capacity permitting, send the bytes. */
+static void flow_forward(struct flow_req *fr)
+{
+	static const struct proxy_upstream_cbs cbs = {
+		.on_head = on_upstream_head,
+		.on_body = on_upstream_body,
+		.on_done = on_upstream_done,
+		.on_error = on_upstream_error,
+	};
+	struct proxy_flow *f = fr->f;
+	const struct conf_limits *gl = &fr->conf->limits;
+	struct proxy_upstream_header hdrs[72];
+	char m3series[32], m3range[64];
+	struct limiter_decision d;
+	size_t nq = fr->decoded->n_queries;
+
+	/* the estimates are in: check them, folding in what the structure checks found */
+	for (size_t i = 0; i < nq; i++) {
+		struct flow_query *fq = &fr->qs[i];
+
+		metrics_observe(METRICS_ESTIMATED_SERIES, (double)fq->est.series);
+		metrics_inc(METRICS_ESTIMATES, est_source_name(fq->est.source), NULL);
+		limiter_check_unknown(&fr->in, &fq->est, &d);
+		if (d.verdict == LIMITER_ADMIT)
+			limiter_check_estimate(&fr->in, fq->q, &fq->est, &d);
+		if (d.verdict == LIMITER_REJECT) {
+			reply_rejected(fr, fq, &d);
+			flow_req_free(fr);
+			return;
+		}
+		if (d.verdict == LIMITER_SHADOW_REJECT && fq->decision.verdict == LIMITER_ADMIT)
+			fq->decision = d;
+	}
+
+	/* capacity: limits.max_inflight, all tenants and the tenant's own (queueing: issue #5) */
+	if (f->stats.inflight >= (uint64_t)gl->v[CONF_LIMIT_MAX_INFLIGHT] ||
+	    tin_get(f, fr->tenant) >= (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_INFLIGHT]) {
+		int tenant_cap = f->stats.inflight < (uint64_t)gl->v[CONF_LIMIT_MAX_INFLIGHT];
+		int64_t cap = tenant_cap ? fr->in.limits->v[CONF_LIMIT_MAX_INFLIGHT] : gl->v[CONF_LIMIT_MAX_INFLIGHT];
+		f->stats.requests++;
+		f->stats.rejected++;
+		count_request(429);
+		metrics_inc(METRICS_REJECTIONS, fr->tenant, "queue_full");
+		log_warn("over capacity", "tenant=%s limit=%s%s%s value=%lld inflight=%llu", fr->tenant,
+			 tenant_cap ? "tenants." : "limits.", tenant_cap ? fr->tenant : "",
+			 tenant_cap ? ".max_inflight" : "max_inflight", (long long)cap,
+			 (unsigned long long)f->stats.inflight);
+		proxy_req_add_header(fr->req, "Retry-After", "1");
+		proxy_req_add_header(fr->req, "X-Promguard-Decision", "reject; reason=queue_full; estimate=0; source=default");
+		proxy_req_reply_text(fr->req, 429, "promguard: over capacity: %s%s%s=%lld requests in flight",
+				     tenant_cap ? "tenants." : "limits.", tenant_cap ? fr->tenant : "",
+				     tenant_cap ? ".max_inflight" : "max_inflight", (long long)cap);
+		flow_req_free(fr);
+		return;
+	}
+
+	for (size_t i = 0; i < nq; i++) {
+		if (fr->qs[i].decision.verdict == LIMITER_SHADOW_REJECT)
+			note_shadow(&fr->qs[i], &fr->qs[i].decision);
+		else
+			metrics_inc(METRICS_QUERIES, fr->tenant, "admitted");
+	}
+	f->stats.queries += nq;
+
+	struct proxy_upstream_msg msg = {
+		.timeout_ms = fr->conf->upstream_timeout_ms,
+		.hdrs = hdrs,
+		.n_hdrs = upstream_headers(fr, hdrs, sizeof(hdrs) / sizeof(hdrs[0]), m3series, m3range, sizeof(m3range)),
+		.body = fr->body,
+		.len = fr->body_len,
+	};
+	fr->ureq = proxy_upstream_send(f->up, &msg, &cbs, fr);
+	if (!fr->ureq || inflight_enter(fr) < 0) {
+		reply_upstream_error(fr, 502, "protocol", "request could not be queued: out of memory");
+		flow_req_free(fr);
+		return;
+	}
+	clock_gettime(CLOCK_MONOTONIC, &fr->t0);
+	/* 5. relay and count: on_upstream_head / _body / _done / _error above */
 }
 
 void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
@@ -485,8 +1051,7 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 	char line[700], err[512];
 	uint64_t size = 0;
 	struct flow_req *fr;
-	struct proxy_upstream_header hdrs[64];
-	size_t n_hdrs;
+	struct limiter_decision d;
 	int rc;
 
 	/* 1. receive: the request must be a POST of a body within the tenant's cap */
@@ -506,7 +1071,7 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 	if (proxy_req_draining(req)) {
 		f->stats.requests++;
 		count_request(503);
-		proxy_req_add_header(req, "X-Promguard-Decision", DECISION_ADMIT);
+		proxy_req_add_header(req, "X-Promguard-Decision", "reject; reason=draining; estimate=0; source=default");
 		proxy_req_reply_text(req, 503, "promguard: draining: shutting down, retry on another instance");
 		return;
 	}
@@ -524,23 +1089,25 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 	}
 	fr->f = f;
 	fr->req = req;
+	fr->conf = conf_ref(f->conf);
 	snprintf(fr->tenant, sizeof(fr->tenant), "%s", tenant);
-	fr->limits = conf_limits_for(c, hdr_tenant);
+	fr->in = (struct limiter_input){ .conf = fr->conf, .tenant = fr->tenant,
+					 .limits = conf_limits_for(fr->conf, hdr_tenant) };
 	fr->body_len = evbuffer_get_length(proxy_req_body(req));
 	fr->body = malloc(fr->body_len ? fr->body_len : 1);
 	if (!fr->body) {
-		free(fr);
 		proxy_req_abort(req);
+		flow_req_free(fr);
 		return;
 	}
 	evbuffer_remove(proxy_req_body(req), fr->body, fr->body_len);
 
 	/* 2. decode: snappy then protobuf, capped at limits.max_request_bytes both ways */
-	rc = proto_request_decode(fr->body, fr->body_len, (size_t)fr->limits->v[CONF_LIMIT_MAX_REQUEST_BYTES], NULL,
+	rc = proto_request_decode(fr->body, fr->body_len, (size_t)fr->in.limits->v[CONF_LIMIT_MAX_REQUEST_BYTES], NULL,
 				  &fr->decoded, &size, err, sizeof(err));
 	if (rc == -E2BIG) {
 		snprintf(line, sizeof(line), "promguard: request too large: %llu > %llu (limits.max_request_bytes)",
-			 (unsigned long long)size, (unsigned long long)fr->limits->v[CONF_LIMIT_MAX_REQUEST_BYTES]);
+			 (unsigned long long)size, (unsigned long long)fr->in.limits->v[CONF_LIMIT_MAX_REQUEST_BYTES]);
 		reply_bad(req, f, fr->tenant, 413, line);
 		flow_req_free(fr);
 		return;
@@ -551,67 +1118,324 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 		flow_req_free(fr);
 		return;
 	}
-	if (log_level_cur <= LOG_DEBUG) {
-		for (size_t i = 0; i < fr->decoded->n_queries; i++) {
-			char sel[1024], range[128], q[1200];
-			proto_selector_print(&fr->decoded->queries[i], sel, sizeof(sel));
-			proto_range_print(&fr->decoded->queries[i], range, sizeof(range));
-			log_debug("query", "tenant=%s index=%zu selector=%s range=%s", fr->tenant, i,
-				  log_quote(q, sizeof(q), sel), range);
-		}
-	}
-
-	/* 3. estimate and admit: every query is admitted until the limiter lands (issue #3) */
-	for (size_t i = 0; i < fr->decoded->n_queries; i++)
-		metrics_inc(METRICS_QUERIES, fr->tenant, "admitted");
-	f->stats.queries += fr->decoded->n_queries;
-
-	/* 4. forward the original bytes */
-	n_hdrs = upstream_headers(fr, hdrs, sizeof(hdrs) / sizeof(hdrs[0]));
-	static const struct proxy_upstream_cbs cbs = {
-		.on_head = on_upstream_head,
-		.on_body = on_upstream_body,
-		.on_done = on_upstream_done,
-		.on_error = on_upstream_error,
-	};
-	fr->ureq = proxy_upstream_send(f->up, hdrs, n_hdrs, fr->body, fr->body_len, &cbs, fr);
-	if (!fr->ureq) {
-		reply_upstream_error(fr, 502, "protocol", "request could not be queued: out of memory");
+	fr->qs = calloc(fr->decoded->n_queries, sizeof(*fr->qs));
+	if (!fr->qs) {
+		proxy_req_abort(req);
 		flow_req_free(fr);
 		return;
 	}
-	clock_gettime(CLOCK_MONOTONIC, &fr->t0);
-	f->stats.inflight++;
-	metrics_set(METRICS_INFLIGHT, NULL, NULL, (double)f->stats.inflight);
+
+	/* 3. estimate and admit: structure first (no estimate needed), then each query's estimate */
+	limiter_check_request(&fr->in, fr->decoded->n_queries, &d);
+	for (size_t i = 0; i < fr->decoded->n_queries; i++) {
+		struct flow_query *fq = &fr->qs[i];
+
+		fq->fr = fr;
+		fq->q = &fr->decoded->queries[i];
+		est_estimate(f->est, fr->tenant, fq->q, &fq->est);
+		if (log_level_cur <= LOG_DEBUG) {
+			char sel[SELECTOR_MAX], range[128], q[SELECTOR_MAX + 64];
+			proto_selector_print(fq->q, sel, sizeof(sel));
+			proto_range_print(fq->q, range, sizeof(range));
+			log_debug("query", "tenant=%s index=%zu selector=%s range=%s estimate=%llu source=%s", fr->tenant, i,
+				  log_quote(q, sizeof(q), sel), range, (unsigned long long)fq->est.series,
+				  est_source_name(fq->est.source));
+		}
+	}
+	if (d.verdict != LIMITER_ADMIT) {
+		/* one request carries too many queries: blamed on the first, whose selector is printed */
+		if (d.verdict == LIMITER_REJECT) {
+			reply_rejected(fr, &fr->qs[0], &d);
+			flow_req_free(fr);
+			return;
+		}
+		fr->qs[0].decision = d;
+	}
+	for (size_t i = 0; i < fr->decoded->n_queries; i++) {
+		struct flow_query *fq = &fr->qs[i];
+
+		limiter_check_structure(&fr->in, fq->q, &d);
+		if (d.verdict == LIMITER_REJECT) {
+			reply_rejected(fr, fq, &d);
+			flow_req_free(fr);
+			return;
+		}
+		if (d.verdict == LIMITER_SHADOW_REJECT && fq->decision.verdict == LIMITER_ADMIT)
+			fq->decision = d;
+	}
 	proxy_req_set_callbacks(req, on_client_drain, on_client_close, fr);
-	/* 5. relay and count: on_upstream_head / _body / _done / _error above */
+
+	/* nothing known and estimator.unknown=probe: ask the store's series API first */
+	if (fr->conf->est_unknown == CONF_UNKNOWN_PROBE && fr->conf->est_probe == CONF_PROBE_SERIES_API) {
+		for (size_t i = 0; i < fr->decoded->n_queries; i++)
+			if (fr->qs[i].est.source == EST_SOURCE_DEFAULT && probe_start(&fr->qs[i]) == 0)
+				fr->probes_pending++;
+	}
+	if (fr->probes_pending == 0)
+		flow_forward(fr);
+}
+
+/* --- explain ------------------------------------------------------------------------------- */
+
+/* A time parameter: Unix seconds (fraction allowed) or RFC3339 in UTC. Returns 0 or -EINVAL. */
+static int parse_time_ms(const char *s, int64_t *ms)
+{
+	char *end;
+	double secs = strtod(s, &end);
+	struct tm tm;
+
+	if (end != s && *end == '\0' && isfinite(secs)) {
+		*ms = (int64_t)llround(secs * 1000.0);
+		return 0;
+	}
+	memset(&tm, 0, sizeof(tm));
+	end = strptime(s, "%Y-%m-%dT%H:%M:%S", &tm);
+	if (!end)
+		return -EINVAL;
+	*ms = (int64_t)timegm(&tm) * 1000;
+	if (*end == '.') {
+		double frac = strtod(end, &end);
+		*ms += (int64_t)llround(frac * 1000.0);
+	}
+	return (*end == 'Z' || *end == '\0') ? 0 : -EINVAL;
+}
+
+static void json_u64(struct evbuffer *out, const char *key, uint64_t v, int comma)
+{
+	evbuffer_add_printf(out, "\"%s\":%llu%s", key, (unsigned long long)v, comma ? "," : "");
+}
+
+int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct evbuffer *out, char *err,
+		       size_t errlen)
+{
+	static const char *const ops[] = { "=", "!=", "=~", "!~" };
+	static const char *const verdicts[] = { "admit", "reject", "shadow_reject" };
+	struct evkeyvalq params;
+	struct evkeyval *kv;
+	const char *tenant = NULL, *start_s = NULL, *end_s = NULL;
+	const char *matches[EXPLAIN_MAX_QUERIES];
+	size_t n_matches = 0;
+	int64_t start_ms, end_ms;
+	struct timespec now;
+	int rc = 400;
+
+	TAILQ_INIT(&params);
+	if (evhttp_parse_query_str(query_string, &params) < 0) {
+		snprintf(err, errlen, "promguard: bad request: malformed query string");
+		return 400;
+	}
+	TAILQ_FOREACH(kv, &params, next) {
+		/* evhttp_parse_query_str decodes values, not keys: match%5B%5D is match[] */
+		if (strcmp(kv->key, "match[]") == 0 || strcasecmp(kv->key, "match%5B%5D") == 0) {
+			if (n_matches == EXPLAIN_MAX_QUERIES) {
+				snprintf(err, errlen, "promguard: bad request: more than %d match[] values",
+					 EXPLAIN_MAX_QUERIES);
+				goto out;
+			}
+			matches[n_matches++] = kv->value;
+		} else if (strcmp(kv->key, "tenant") == 0) {
+			tenant = kv->value;
+		} else if (strcmp(kv->key, "start") == 0) {
+			start_s = kv->value;
+		} else if (strcmp(kv->key, "end") == 0) {
+			end_s = kv->value;
+		}
+	}
+	if (n_matches == 0) {
+		snprintf(err, errlen, "promguard: bad request: missing match[] (e.g. match[]=up{job=\"x\"})");
+		goto out;
+	}
+	if (tenant && !tenant_valid(tenant, &(const char *){ NULL })) {
+		snprintf(err, errlen, "promguard: bad request: invalid tenant");
+		goto out;
+	}
+	clock_gettime(CLOCK_REALTIME, &now);
+	end_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+	if (end_s && parse_time_ms(end_s, &end_ms) < 0) {
+		snprintf(err, errlen, "promguard: bad request: end: not Unix seconds or RFC3339: %.64s", end_s);
+		goto out;
+	}
+	start_ms = end_ms - 3600 * 1000; /* default: the hour before end */
+	if (start_s && parse_time_ms(start_s, &start_ms) < 0) {
+		snprintf(err, errlen, "promguard: bad request: start: not Unix seconds or RFC3339: %.64s", start_s);
+		goto out;
+	}
+	if (start_ms > end_ms) {
+		snprintf(err, errlen, "promguard: bad request: start %lld > end %lld", (long long)start_ms,
+			 (long long)end_ms);
+		goto out;
+	}
+
+	const char *t = tenant ? tenant : "default";
+	struct limiter_input in = { .conf = f->conf, .tenant = t, .limits = conf_limits_for(f->conf, tenant) };
+	struct proto_selector sels[EXPLAIN_MAX_QUERIES];
+	size_t parsed = 0;
+
+	for (; parsed < n_matches; parsed++) {
+		char perr[256];
+		if (proto_selector_parse(matches[parsed], &sels[parsed], perr, sizeof(perr)) < 0) {
+			snprintf(err, errlen, "promguard: bad request: match[]: %s", perr);
+			break;
+		}
+	}
+	if (parsed == n_matches) {
+		evbuffer_add(out, "{\"tenant\":", 10);
+		conf_json_string(out, t);
+		evbuffer_add_printf(out, ",\"mode\":\"%s\",\"limits\":", f->conf->mode == CONF_MODE_DRY_RUN ? "dry_run" : "enforce");
+		conf_write_limits_json(in.limits, out);
+		evbuffer_add(out, ",\"queries\":[", 12);
+		for (size_t i = 0; i < n_matches; i++) {
+			struct proto_query q = { .start_ms = start_ms, .end_ms = end_ms, .matchers = sels[i].matchers,
+						 .n_matchers = sels[i].n_matchers };
+			struct est_result e;
+			struct limiter_decision d;
+			char sel[SELECTOR_MAX], line[SELECTOR_MAX + 512], lim[48];
+
+			est_estimate(f->est, t, &q, &e);
+			limiter_check_request(&in, n_matches, &d);
+			if (d.verdict != LIMITER_REJECT) {
+				struct limiter_decision s;
+				limiter_check_structure(&in, &q, &s);
+				if (s.verdict == LIMITER_REJECT || d.verdict == LIMITER_ADMIT)
+					d = s;
+			}
+			if (d.verdict != LIMITER_REJECT) {
+				struct limiter_decision s;
+				limiter_check_unknown(&in, &e, &s);
+				if (s.verdict == LIMITER_ADMIT)
+					limiter_check_estimate(&in, &q, &e, &s);
+				if (s.verdict == LIMITER_REJECT || d.verdict == LIMITER_ADMIT)
+					d = s;
+			}
+			proto_selector_print(&q, sel, sizeof(sel));
+			evbuffer_add_printf(out, "%s{\"selector\":", i ? "," : "");
+			conf_json_string(out, sel);
+			evbuffer_add(out, ",\"matchers\":[", 12);
+			for (size_t m = 0; m < q.n_matchers; m++) {
+				evbuffer_add_printf(out, "%s{\"name\":", m ? "," : "");
+				conf_json_string(out, q.matchers[m].name);
+				evbuffer_add_printf(out, ",\"type\":\"%s\",\"value\":", ops[q.matchers[m].type]);
+				conf_json_string(out, q.matchers[m].value);
+				evbuffer_add(out, "}", 1);
+			}
+			evbuffer_add_printf(out, "],\"start\":%lld,\"end\":%lld,\"estimate\":{", (long long)start_ms,
+					    (long long)end_ms);
+			json_u64(out, "series", e.series, 1);
+			json_u64(out, "samples", e.samples, 1);
+			json_u64(out, "bytes", e.bytes, 1);
+			evbuffer_add_printf(out, "\"source\":\"%s\"},\"decision\":{\"verdict\":\"%s\",\"reason\":",
+					    est_source_name(e.source), verdicts[d.verdict]);
+			conf_json_string(out, d.verdict == LIMITER_ADMIT ? "none" : d.reason);
+			evbuffer_add(out, ",\"key\":", 7);
+			conf_json_string(out, d.key);
+			evbuffer_add(out, ",\"limit\":", 9);
+			conf_json_string(out, conf_format_value(d.type, d.limit, lim, sizeof(lim)));
+			evbuffer_add_printf(out, ",\"value\":%llu,\"message\":", (unsigned long long)d.value);
+			if (d.verdict == LIMITER_ADMIT)
+				line[0] = '\0';
+			else
+				limiter_format_rejection(&d, &q, t, est_source_name(e.source), line, sizeof(line));
+			conf_json_string(out, line);
+			evbuffer_add(out, "}}", 2);
+		}
+		evbuffer_add(out, "]}\n", 3);
+		rc = 200;
+	}
+	for (size_t i = 0; i < parsed; i++)
+		proto_selector_clear(&sels[i]);
+out:
+	evhttp_clear_headers(&params);
+	return rc;
 }
 
 /* --- lifecycle ----------------------------------------------------------------------------- */
 
-struct proxy_flow *proxy_flow_new(const struct conf *conf, struct proxy_upstream *up)
+struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, struct proxy_upstream *probe_up,
+				  const char *probe_path)
 {
 	struct proxy_flow *f = calloc(1, sizeof(*f));
+	struct est_hint *hints = calloc(conf->n_est_hints + 1, sizeof(*hints));
+	struct est_settings s;
 
-	if (!f)
+	if (!f || !hints) {
+		free(f);
+		free(hints);
 		return NULL;
-	f->conf = conf;
+	}
+	est_settings_from(conf, &s, hints);
+	f->est = est_new(&s);
+	free(hints);
+	if (!f->est) {
+		free(f);
+		return NULL;
+	}
+	f->conf = conf_ref(conf);
 	f->up = up;
+	f->probe_up = probe_up;
+	snprintf(f->probe_path, sizeof(f->probe_path), "%s", probe_path ? probe_path : "/api/v1/series");
 	metrics_set(METRICS_INFLIGHT, NULL, NULL, 0);
+	update_est_gauges(f);
 	return f;
 }
 
 void proxy_flow_free(struct proxy_flow *f)
 {
+	if (!f)
+		return;
+	est_free(f->est);
+	conf_unref(f->conf);
+	free(f->tin);
 	free(f);
 }
 
-void proxy_flow_set_conf(struct proxy_flow *f, const struct conf *conf)
+int proxy_flow_set_conf(struct proxy_flow *f, struct conf *conf)
 {
-	f->conf = conf;
+	struct est_hint *hints = calloc(conf->n_est_hints + 1, sizeof(*hints));
+	struct est_settings s;
+	int rc;
+
+	if (!hints)
+		return -ENOMEM;
+	est_settings_from(conf, &s, hints);
+	rc = est_configure(f->est, &s);
+	free(hints);
+	if (rc < 0)
+		return rc;
+	conf_unref(f->conf);
+	f->conf = conf_ref(conf);
+	update_est_gauges(f);
+	return 0;
 }
 
 const struct proxy_flow_stats *proxy_flow_stats(const struct proxy_flow *f)
 {
 	return &f->stats;
+}
+
+void proxy_flow_write_top_rejected(const struct proxy_flow *f, struct evbuffer *out)
+{
+	const struct top_rejected *order[TOP_REJECTED];
+	size_t n = 0;
+
+	for (size_t i = 0; i < TOP_REJECTED; i++)
+		if (f->top[i].count)
+			order[n++] = &f->top[i];
+	/* few entries: insertion sort by count, highest first */
+	for (size_t i = 1; i < n; i++)
+		for (size_t j = i; j > 0 && order[j]->count > order[j - 1]->count; j--) {
+			const struct top_rejected *t = order[j];
+			order[j] = order[j - 1];
+			order[j - 1] = t;
+		}
+	evbuffer_add(out, "[", 1);
+	for (size_t i = 0; i < n && i < 10; i++) {
+		evbuffer_add_printf(out, "%s{\"selector\":", i ? "," : "");
+		conf_json_string(out, order[i]->selector);
+		evbuffer_add(out, ",\"tenant\":", 10);
+		conf_json_string(out, order[i]->tenant);
+		evbuffer_add(out, ",\"reason\":", 10);
+		conf_json_string(out, order[i]->reason);
+		evbuffer_add_printf(out, ",\"count\":%llu}", (unsigned long long)order[i]->count);
+	}
+	evbuffer_add(out, "]", 1);
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 struct conf;
+struct evbuffer;
 struct proxy_flow;
 struct proxy_req;
 struct proxy_upstream;
@@ -23,18 +24,27 @@ struct proxy_flow_stats {
 	uint64_t requests;        /* remote-read requests answered */
 	uint64_t queries;         /* queries forwarded */
 	uint64_t bad_requests;    /* 400/405/413 answers */
+	uint64_t rejected;        /* 422 and 429 answers, and streams cut by a limit */
 	uint64_t upstream_errors; /* refused, reset, timeout, protocol, corrupt responses */
 	uint64_t response_series; /* series counted in relayed responses */
 	uint64_t response_bytes;  /* bytes relayed from the store */
 	uint64_t inflight;        /* requests running against the store now */
 };
 
-/* New request path over <conf> (ref; swapped by proxy_flow_set_conf) and <up> (ref). */
-struct proxy_flow *proxy_flow_new(const struct conf *conf, struct proxy_upstream *up);
+/*
+ * New request path over <conf> (a reference is taken), the store <up> (ref) and, when probes are
+ * on, the series API pool <probe_up> (ref, may be NULL) at <probe_path>. NULL on ENOMEM.
+ */
+struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, struct proxy_upstream *probe_up,
+				  const char *probe_path);
 void proxy_flow_free(struct proxy_flow *f);
 
-/* Use <conf> for requests that arrive from now on. (ref) */
-void proxy_flow_set_conf(struct proxy_flow *f, const struct conf *conf);
+/*
+ * Use <conf> for requests that arrive from now on (reload): limits, tenants, rules, estimator
+ * settings. Requests in flight keep the config they began with. Returns 0 or -ENOMEM (nothing
+ * changed).
+ */
+int proxy_flow_set_conf(struct proxy_flow *f, struct conf *conf);
 
 /* Body cap for a request on the read path: the tenant's limits.max_request_bytes. */
 uint64_t proxy_flow_body_cap(struct proxy_flow *f, struct proxy_req *req);
@@ -43,5 +53,16 @@ uint64_t proxy_flow_body_cap(struct proxy_flow *f, struct proxy_req *req);
 void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req);
 
 const struct proxy_flow_stats *proxy_flow_stats(const struct proxy_flow *f);
+
+/*
+ * GET /api/v1/explain: parse <query_string> (match[]=, start=, end=, tenant=) and write the JSON
+ * answer to <out>: per selector the matchers, the estimate and its source, the decision. No I/O
+ * (no probe). Returns 200, or 400 with one line in <err>.
+ */
+int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct evbuffer *out, char *err,
+		       size_t errlen);
+
+/* The most rejected selectors (up to 10) as a JSON array, for /api/v1/status. */
+void proxy_flow_write_top_rejected(const struct proxy_flow *f, struct evbuffer *out);
 
 #endif

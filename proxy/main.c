@@ -19,6 +19,7 @@
 #include <event2/event.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "limiter/probe.h"
 #include "proto/request.h"
 #include "proxy/admin.h"
 #include "proxy/conf.h"
@@ -37,12 +38,14 @@
 #define DRAIN_POLL_MS 20             /* how often draining checks whether it is done */
 #define MALLOC_MMAP_THRESHOLD (4 << 20)  /* blocks below this come from the heap */
 #define MALLOC_TRIM_THRESHOLD (16 << 20) /* free heap kept before returning it to the kernel */
+#define PROBE_MAX_CONNECTIONS 4          /* series API probes running at once; more wait */
 
 /* Everything the running proxy owns. */
 struct app {
 	struct event_base *base;
-	struct conf *conf;
+	struct conf *conf;            /* the config in force (one reference) */
 	struct proxy_upstream *up;
+	struct proxy_upstream *probe_up; /* the store's series API; NULL with estimator.probe: off */
 	struct proxy_flow *flow;
 	struct proxy_server *data;    /* listen */
 	struct proxy_server *admin;   /* admin_listen; NULL when it equals listen */
@@ -177,6 +180,17 @@ static int cmd_decode(const char *path)
 
 /* --- running ------------------------------------------------------------------------------- */
 
+/* Apply log_level from <c> unless --log-level was given. */
+static int log_level_pinned;
+
+static void log_set_level_from(const struct conf *c)
+{
+	enum log_level lvl;
+
+	if (!log_level_pinned && log_level_parse(c->log_level, &lvl) == 0)
+		log_set_level(lvl);
+}
+
 static uint64_t data_body_cap(struct proxy_req *req, void *arg)
 {
 	struct app *app = arg;
@@ -260,14 +274,59 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	event_add(app->drain_check, &poll);
 }
 
-static void on_hup(evutil_socket_t sig, short what, void *arg)
+/*
+ * Load the config file again and swap it in for new requests (SIGHUP, POST /-/reload). Keys a
+ * reload cannot change keep their running value, with a warning. On any error the running config
+ * stays and every error goes to <errs> (may be NULL) and the log.
+ */
+static int app_reload(void *arg, struct evbuffer *errs)
 {
 	struct app *app = arg;
+	struct conf *next = NULL;
+	struct evbuffer *msgs = evbuffer_new();
+	char *line;
+	int rc;
 
+	if (!msgs)
+		return -ENOMEM;
+	rc = conf_load(app->conf->path, &next, msgs);
+	if (rc == 0)
+		rc = conf_keep_unreloadable(next, app->conf, msgs) < 0 ? -ENOMEM : 0;
+	if (rc == 0)
+		rc = proxy_flow_set_conf(app->flow, next);
+	metrics_set(METRICS_CONFIG_RELOAD_OK, NULL, NULL, rc == 0);
+	/* errors (or, on success, warnings about kept keys): one log line each */
+	while ((line = evbuffer_readln(msgs, NULL, EVBUFFER_EOL_LF))) {
+		char q[700];
+		if (rc == 0)
+			log_warn("reload kept a running value", "detail=%s", log_quote(q, sizeof(q), line));
+		else
+			log_error("reload failed: old config kept", "detail=%s", log_quote(q, sizeof(q), line));
+		if (errs && rc < 0)
+			evbuffer_add_printf(errs, "%s\n", line);
+		free(line);
+	}
+	evbuffer_free(msgs);
+	if (rc < 0) {
+		conf_unref(next);
+		if (errs && evbuffer_get_length(errs) == 0)
+			evbuffer_add_printf(errs, "promguard: reload failed: %s\n", strerror(-rc));
+		return rc;
+	}
+	conf_unref(app->conf);
+	app->conf = next;
+	app->admin_ctx.conf = next;
+	log_set_level_from(next);
+	log_info("config reloaded", "config=%s mode=%s tenants=%zu rules=%zu", next->path,
+		 next->mode == CONF_MODE_DRY_RUN ? "dry_run" : "enforce", next->n_tenants, next->n_rules);
+	return 0;
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
 	(void)sig;
 	(void)what;
-	log_warn("SIGHUP ignored: live reload arrives with the admission limiter; restart to apply changes",
-		 "config=%s", app->conf->path);
+	app_reload(arg, NULL);
 }
 
 static void app_free(struct app *app)
@@ -276,6 +335,7 @@ static void app_free(struct app *app)
 	proxy_server_free(app->admin);
 	proxy_flow_free(app->flow);
 	proxy_upstream_free(app->up);
+	proxy_upstream_free(app->probe_up);
 	if (app->sig_term)
 		event_free(app->sig_term);
 	if (app->sig_int)
@@ -288,14 +348,14 @@ static void app_free(struct app *app)
 		event_free(app->drain_check);
 	if (app->base)
 		event_base_free(app->base);
-	conf_free(app->conf);
+	conf_unref(app->conf);
 	metrics_deinit();
 }
 
 static int run(struct conf *conf)
 {
 	struct app app;
-	char err[512];
+	char err[512], probe_path[256];
 	struct proxy_server_cbs data_cbs = { data_body_cap, data_handle };
 	struct proxy_server_cbs admin_cbs = { admin_body_cap, admin_handle };
 
@@ -312,7 +372,7 @@ static int run(struct conf *conf)
 	mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
 	if (metrics_init() < 0) {
 		log_error("cannot start", "error=\"out of memory\"");
-		conf_free(conf);
+		conf_unref(conf);
 		return 1;
 	}
 	metrics_set(METRICS_CONFIG_RELOAD_OK, NULL, NULL, 1);
@@ -329,8 +389,23 @@ static int run(struct conf *conf)
 		app_free(&app);
 		return 1;
 	}
-	app.flow = proxy_flow_new(conf, app.up);
-	app.admin_ctx = (struct proxy_admin){ .conf = conf, .flow = app.flow, .up = app.up, .started = time(NULL) };
+	if (conf->est_probe == CONF_PROBE_SERIES_API) {
+		/* the series API of estimator.probe_url, else of the store behind upstream.url */
+		const char *host = conf->est_probe_host ? conf->est_probe_host : conf->upstream_host;
+		int port = conf->est_probe_host ? conf->est_probe_port : conf->upstream_port;
+		limiter_probe_series_path(conf->upstream_path, probe_path, sizeof(probe_path));
+		app.probe_up = proxy_upstream_new(app.base, host, port,
+						  conf->est_probe_path ? conf->est_probe_path : probe_path,
+						  conf->upstream_timeout_ms, PROBE_MAX_CONNECTIONS, err, sizeof(err));
+		if (!app.probe_up) {
+			log_error("cannot start", "key=estimator.probe_url error=\"%s\"", err);
+			app_free(&app);
+			return 1;
+		}
+	}
+	app.flow = proxy_flow_new(conf, app.up, app.probe_up, conf->est_probe_path ? conf->est_probe_path : probe_path);
+	app.admin_ctx = (struct proxy_admin){ .conf = conf, .flow = app.flow, .up = app.up, .started = time(NULL),
+					      .reload = app_reload, .reload_arg = &app };
 	app.shared_listener = strcmp(conf->listen, conf->admin_listen) == 0;
 	app.data = proxy_server_new(app.base, "read", conf->listen, &data_cbs, &app, err, sizeof(err));
 	if (!app.data) {
@@ -437,9 +512,10 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	evbuffer_free(out);
-	if (!level || log_level_parse(level, &lvl) < 0)
-		if (log_level_parse(conf->log_level, &lvl) < 0)
-			lvl = LOG_INFO;
-	log_set_level(lvl);
+	if (level) {
+		log_set_level(lvl);
+		log_level_pinned = 1;
+	}
+	log_set_level_from(conf);
 	return run(conf);
 }

@@ -67,6 +67,18 @@ enum metrics_buckets {
 	  "Samples (SAMPLES responses) or chunks (streamed responses) counted in relayed responses.") \
 	X(RESPONSE_BYTES, "promguard_response_bytes_total", METRICS_COUNTER, "tenant", METRICS_B_NONE, \
 	  "Response bytes relayed from the store, as received (compressed).") \
+	X(ESTIMATES, "promguard_estimates_total", METRICS_COUNTER, "source", METRICS_B_NONE, \
+	  "Query estimates by source (recall, stats, probe, hint, default).") \
+	X(PROBES, "promguard_probes_total", METRICS_COUNTER, "result", METRICS_B_NONE, \
+	  "Series API probes by result (ok, truncated, failed).") \
+	X(EST_MEMORY, "promguard_estimator_memory_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Bytes of everything the estimator has learned.") \
+	X(EST_MEMORY_LIMIT, "promguard_estimator_memory_limit_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Cap on estimator memory (estimator.max_memory).") \
+	X(EST_ENTRIES, "promguard_estimator_entries", METRICS_GAUGE, "kind", METRICS_B_NONE, \
+	  "Estimator entries by kind (recall, metrics, label_values).") \
+	X(EST_EVICTIONS, "promguard_estimator_evictions_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Estimator entries dropped to stay within estimator.max_memory.") \
 	X(CONFIG_RELOAD_OK, "promguard_config_last_reload_successful", METRICS_GAUGE, "", METRICS_B_NONE, \
 	  "1 if the last configuration load succeeded.") \
 	X(CLIENT_CONNECTIONS, "promguard_client_connections", METRICS_GAUGE, "listener", METRICS_B_NONE, \

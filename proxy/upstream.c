@@ -50,6 +50,7 @@ struct proxy_upstream_req {
 	const void *body;                /* (ref) owned by the caller */
 	size_t len;
 	struct event *timer;             /* upstream.timeout */
+	int64_t timeout_ms;              /* what the timer was set to */
 	int got_bytes;                   /* any response byte arrived */
 	int paused;
 	int retried;
@@ -448,7 +449,7 @@ static void timeout_cb(evutil_socket_t fd, short what, void *arg)
 
 	(void)fd;
 	(void)what;
-	snprintf(msg, sizeof(msg), "timed out after %lldms", (long long)r->up->timeout_ms);
+	snprintf(msg, sizeof(msg), "timed out after %lldms", (long long)r->timeout_ms);
 	if (r->conn) {
 		struct up_conn *c = r->conn;
 		c->req = NULL;
@@ -543,31 +544,36 @@ void proxy_upstream_free(struct proxy_upstream *up)
 	free(up);
 }
 
-struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const struct proxy_upstream_header *hdrs,
-					       size_t n_hdrs, const void *body, size_t len,
+struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const struct proxy_upstream_msg *msg,
 					       const struct proxy_upstream_cbs *cbs, void *arg)
 {
 	struct proxy_upstream_req *r = calloc(1, sizeof(*r));
-	struct timeval tv = { (time_t)(up->timeout_ms / 1000), (suseconds_t)((up->timeout_ms % 1000) * 1000) };
+	const char *method = msg->method ? msg->method : "POST";
+	int64_t ms = msg->timeout_ms > 0 ? msg->timeout_ms : up->timeout_ms;
+	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 
 	if (!r)
 		return NULL;
 	r->up = up;
 	r->cbs = *cbs;
 	r->arg = arg;
-	r->body = body;
-	r->len = len;
+	r->body = msg->body;
+	r->len = msg->len;
+	r->timeout_ms = ms;
 	r->head = evbuffer_new();
 	r->timer = evtimer_new(up->base, timeout_cb, r);
 	if (!r->head || !r->timer) {
 		req_free(r);
 		return NULL;
 	}
-	evbuffer_add_printf(r->head, "POST %s HTTP/1.1\r\nHost: %s\r\n", up->path, up->host_hdr);
-	for (size_t i = 0; i < n_hdrs; i++)
-		if (http_value_ok(hdrs[i].name) && http_value_ok(hdrs[i].value))
-			evbuffer_add_printf(r->head, "%s: %s\r\n", hdrs[i].name, hdrs[i].value);
-	evbuffer_add_printf(r->head, "Content-Length: %zu\r\n\r\n", len);
+	evbuffer_add_printf(r->head, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, msg->target ? msg->target : up->path,
+			    up->host_hdr);
+	for (size_t i = 0; i < msg->n_hdrs; i++)
+		if (http_value_ok(msg->hdrs[i].name) && http_value_ok(msg->hdrs[i].value))
+			evbuffer_add_printf(r->head, "%s: %s\r\n", msg->hdrs[i].name, msg->hdrs[i].value);
+	if (msg->len || strcmp(method, "POST") == 0)
+		evbuffer_add_printf(r->head, "Content-Length: %zu\r\n", msg->len);
+	evbuffer_add(r->head, "\r\n", 2);
 	evtimer_add(r->timer, &tv);
 	/* always through the queue, so no callback can run inside this call */
 	TAILQ_INSERT_TAIL(&up->waitq, r, link);

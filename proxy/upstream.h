@@ -56,13 +56,22 @@ struct proxy_upstream *proxy_upstream_new(struct event_base *base, const char *h
 /* Close every connection; pending requests get no callback. NULL is fine. */
 void proxy_upstream_free(struct proxy_upstream *up);
 
+/* What one request sends; zeroed fields take the pool's defaults. */
+struct proxy_upstream_msg {
+	const char *method;                        /* NULL: "POST" */
+	const char *target;                        /* path and query; NULL: the pool's path */
+	int64_t timeout_ms;                        /* whole exchange; <= 0: the pool's timeout */
+	const struct proxy_upstream_header *hdrs;  /* (ref) copied into the request */
+	size_t n_hdrs;
+	const void *body;                          /* (ref) must stay valid until the final callback */
+	size_t len;
+};
+
 /*
- * Send a POST with <hdrs> and <body>. <body> must stay valid until the final callback or
- * proxy_upstream_cancel(). Returns the request, or NULL on ENOMEM. Callbacks never run inside
- * this call.
+ * Send <msg>. Returns the request, or NULL on ENOMEM. Callbacks never run inside this call.
+ * <msg>'s strings are copied; its body is not.
  */
-struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const struct proxy_upstream_header *hdrs,
-					       size_t n_hdrs, const void *body, size_t len,
+struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const struct proxy_upstream_msg *msg,
 					       const struct proxy_upstream_cbs *cbs, void *arg);
 
 /* Stop / restart reading the response (flow control). */
