@@ -1,6 +1,7 @@
 /* limiter: per-query admission against the limits table and the rules (see admission.h). */
 #include "limiter/admission.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -225,6 +226,26 @@ static int has_usable_name(const struct proto_query *q)
 }
 
 /* --- the checks ---------------------------------------------------------------------------- */
+
+int limiter_check_regexes(const struct proto_query *q, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < q->n_matchers; i++) {
+		const struct proto_matcher *m = &q->matchers[i];
+		struct limiter_regex *re;
+		char why[200];
+
+		if (m->type != PROTO_MATCH_RE && m->type != PROTO_MATCH_NRE)
+			continue;
+		re = limiter_regex_get(m->value, why, sizeof(why));
+		if (!re) {
+			snprintf(err, errlen, "invalid regex in matcher %.64s%s\"%.64s\": %s", m->name,
+				 m->type == PROTO_MATCH_RE ? "=~" : "!~", m->value, why);
+			return -EINVAL;
+		}
+		limiter_regex_release(re);
+	}
+	return 0;
+}
 
 void limiter_check_request(const struct limiter_input *in, size_t n_queries, struct limiter_decision *d)
 {

@@ -43,6 +43,12 @@ struct limiter_input {
 	int tenant_overrides;             /* 1 when <tenant> has its own block (key names say so) */
 };
 
+/*
+ * Every =~ and !~ matcher of <q> must compile as a fully anchored regex (the store would refuse
+ * it anyway). Returns 0, or -EINVAL with one line in <err> naming the matcher and the error.
+ */
+int limiter_check_regexes(const struct proto_query *q, char *err, size_t errlen);
+
 /* Request-level checks (limits.max_queries_per_request). */
 void limiter_check_request(const struct limiter_input *in, size_t n_queries, struct limiter_decision *d);
 

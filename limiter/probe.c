@@ -111,7 +111,7 @@ size_t limiter_probe_target(const char *base_path, const struct proto_query *q, 
 void limiter_probe_series_path(const char *read_path, char *buf, size_t n)
 {
 	/* Remote-read paths whose prefix (e.g. an HTTP prefix in front of the store) is kept. */
-	static const char *const suffixes[] = { "/api/v1/prom/remote/read", "/api/v1/read" };
+	static const char *const suffixes[] = { "/api/v1/prom/remote/read", "/api/v1/read", "/api/v1/series" };
 	size_t len = strlen(read_path), prefix = 0;
 
 	for (size_t i = 0; i < sizeof(suffixes) / sizeof(suffixes[0]); i++) {

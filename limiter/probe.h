@@ -30,8 +30,8 @@ size_t limiter_probe_target(const char *base_path, const struct proto_query *q, 
  * Derive the series API path from a remote-read URL path: "/api/v1/read" -> "/api/v1/series",
  * m3coordinator's "/api/v1/prom/remote/read" -> "/api/v1/series", anything else ending in
  * "/api/v1/read" keeps its prefix ("/prometheus/api/v1/read" -> "/prometheus/api/v1/series").
- * A prefix before m3coordinator's path is kept the same way; any other path gives
- * "/api/v1/series". Written like snprintf into <buf> of <n> bytes (truncated, terminated).
+ * A prefix before m3coordinator's path is kept the same way, a path already ending in
+ * "/api/v1/series" (estimator.probe_url) is kept whole, and any other path gives "/api/v1/series". Written like snprintf into <buf> of <n> bytes (truncated, terminated).
  */
 void limiter_probe_series_path(const char *read_path, char *buf, size_t n);
 

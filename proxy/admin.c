@@ -9,6 +9,7 @@
 
 #include "proxy/conf.h"
 #include "proxy/flow.h"
+#include "proxy/http.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
@@ -88,9 +89,9 @@ static void serve_status(struct proxy_admin *a, struct proxy_req *req)
 			    (unsigned long long)s->response_series,
 			    (unsigned long long)s->response_bytes, (unsigned long long)s->inflight);
 	conf_write_json(a->conf, b);
-	evbuffer_add(b, ",\"top_rejected\":", 16);
+	evbuffer_add_lit(b, ",\"top_rejected\":");
 	proxy_flow_write_top_rejected(a->flow, b);
-	evbuffer_add(b, "}\n", 2);
+	evbuffer_add_lit(b, "}\n");
 	proxy_req_add_header(req, "Content-Type", "application/json");
 	proxy_req_reply(req, 200, b);
 	evbuffer_free(b);

@@ -99,6 +99,7 @@ struct flow_query {
 	struct proxy_upstream_req *probe;    /* (ref) series API request in flight */
 	struct limiter_probe_count count;    /* probe answer so far */
 	int shadow_counted;                  /* a shadow rejection during the response was counted */
+	int counted;                         /* promguard_queries_total has its decision */
 };
 
 /* One remote-read request in flight. */
@@ -121,6 +122,7 @@ struct flow_req {
 	uint64_t resp_bytes;              /* bytes received from the store */
 	int paused;                       /* upstream reading paused for a slow client */
 	int inflight;                     /* counted in the in-flight gauges */
+	int forwarded;                    /* sent to the store: its queries count as admitted unless refused */
 	struct timespec t0;               /* sent to the store */
 };
 
@@ -261,6 +263,10 @@ static void inflight_leave(struct flow_req *fr)
 /* End of the request's life: cancel what is pending, then free. The client reply is given. */
 static void flow_req_free(struct flow_req *fr)
 {
+	/* queries that went to the store and were not refused on the way back were admitted */
+	for (size_t i = 0; fr->forwarded && i < fr->decoded->n_queries; i++)
+		if (!fr->qs[i].counted)
+			metrics_inc(METRICS_QUERIES, fr->tenant, "admitted");
 	if (fr->ureq)
 		proxy_upstream_cancel(fr->ureq);
 	for (size_t i = 0; fr->qs && i < fr->decoded->n_queries; i++)
@@ -388,7 +394,11 @@ static void note_rejection(struct flow_query *fq, const struct limiter_decision 
 	char sel[SELECTOR_MAX], qsel[SELECTOR_MAX + 64], range[128], lim[48], suppressed[48] = "";
 
 	proto_selector_print(fq->q, sel, sizeof(sel));
-	metrics_inc(METRICS_QUERIES, fr->tenant, shadow ? "shadow_rejected" : "rejected");
+	/* one decision per query; a real rejection during the response after a dry-run rule's shadow
+	 * rejection at admission is a second, different fact and is counted too */
+	if (!shadow || !fq->counted)
+		metrics_inc(METRICS_QUERIES, fr->tenant, shadow ? "shadow_rejected" : "rejected");
+	fq->counted = 1;
 	metrics_inc(shadow ? METRICS_SHADOW_REJECTIONS : METRICS_REJECTIONS, fr->tenant, d->reason);
 	if (!shadow)
 		top_record(f, fq->est.fingerprint, fr->tenant, d->reason, sel);
@@ -653,6 +663,14 @@ static void on_upstream_body(void *arg, struct evbuffer *data)
 			struct limiter_decision d;
 			limiter_check_actual(&fr->in, 0, 0, fr->resp_bytes, &d);
 			if (d.verdict == LIMITER_REJECT) {
+				/*
+				 * Learn the bytes seen (a lower bound, shared by the queries) so a repeat is
+				 * refused before the store; the series are not known, so keep what was believed.
+				 */
+				size_t nq = fr->decoded->n_queries;
+				for (size_t i = 0; i < nq; i++)
+					est_learn_query(fr->f->est, fr->tenant, fr->qs[i].q, fr->qs[i].est.series,
+							fr->qs[i].est.samples, fr->resp_bytes / nq);
 				proxy_upstream_cancel(fr->ureq);
 				fr->ureq = NULL;
 				flow_req_landed(fr);
@@ -1017,13 +1035,11 @@ static void flow_forward(struct flow_req *fr)
 		return;
 	}
 
-	for (size_t i = 0; i < nq; i++) {
+	for (size_t i = 0; i < nq; i++)
 		if (fr->qs[i].decision.verdict == LIMITER_SHADOW_REJECT)
 			note_shadow(&fr->qs[i], &fr->qs[i].decision);
-		else
-			metrics_inc(METRICS_QUERIES, fr->tenant, "admitted");
-	}
 	f->stats.queries += nq;
+	fr->forwarded = 1;
 
 	struct proxy_upstream_msg msg = {
 		.timeout_ms = fr->conf->upstream_timeout_ms,
@@ -1123,6 +1139,14 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 		proxy_req_abort(req);
 		flow_req_free(fr);
 		return;
+	}
+	for (size_t i = 0; i < fr->decoded->n_queries; i++) {
+		if (limiter_check_regexes(&fr->decoded->queries[i], err, sizeof(err)) < 0) {
+			snprintf(line, sizeof(line), "promguard: bad request: query %zu: %s", i, err);
+			reply_bad(req, f, fr->tenant, 400, line);
+			flow_req_free(fr);
+			return;
+		}
 	}
 
 	/* 3. estimate and admit: structure first (no estimate needed), then each query's estimate */
@@ -1277,13 +1301,19 @@ int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct ev
 			snprintf(err, errlen, "promguard: bad request: match[]: %s", perr);
 			break;
 		}
+		struct proto_query probe_q = { .matchers = sels[parsed].matchers, .n_matchers = sels[parsed].n_matchers };
+		if (limiter_check_regexes(&probe_q, perr, sizeof(perr)) < 0) {
+			snprintf(err, errlen, "promguard: bad request: match[]: %s", perr);
+			proto_selector_clear(&sels[parsed]);
+			break;
+		}
 	}
 	if (parsed == n_matches) {
-		evbuffer_add(out, "{\"tenant\":", 10);
+		evbuffer_add_lit(out, "{\"tenant\":");
 		conf_json_string(out, t);
 		evbuffer_add_printf(out, ",\"mode\":\"%s\",\"limits\":", f->conf->mode == CONF_MODE_DRY_RUN ? "dry_run" : "enforce");
 		conf_write_limits_json(in.limits, out);
-		evbuffer_add(out, ",\"queries\":[", 12);
+		evbuffer_add_lit(out, ",\"queries\":[");
 		for (size_t i = 0; i < n_matches; i++) {
 			struct proto_query q = { .start_ms = start_ms, .end_ms = end_ms, .matchers = sels[i].matchers,
 						 .n_matchers = sels[i].n_matchers };
@@ -1310,13 +1340,13 @@ int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct ev
 			proto_selector_print(&q, sel, sizeof(sel));
 			evbuffer_add_printf(out, "%s{\"selector\":", i ? "," : "");
 			conf_json_string(out, sel);
-			evbuffer_add(out, ",\"matchers\":[", 12);
+			evbuffer_add_lit(out, ",\"matchers\":[");
 			for (size_t m = 0; m < q.n_matchers; m++) {
 				evbuffer_add_printf(out, "%s{\"name\":", m ? "," : "");
 				conf_json_string(out, q.matchers[m].name);
 				evbuffer_add_printf(out, ",\"type\":\"%s\",\"value\":", ops[q.matchers[m].type]);
 				conf_json_string(out, q.matchers[m].value);
-				evbuffer_add(out, "}", 1);
+				evbuffer_add_lit(out, "}");
 			}
 			evbuffer_add_printf(out, "],\"start\":%lld,\"end\":%lld,\"estimate\":{", (long long)start_ms,
 					    (long long)end_ms);
@@ -1326,9 +1356,9 @@ int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct ev
 			evbuffer_add_printf(out, "\"source\":\"%s\"},\"decision\":{\"verdict\":\"%s\",\"reason\":",
 					    est_source_name(e.source), verdicts[d.verdict]);
 			conf_json_string(out, d.verdict == LIMITER_ADMIT ? "none" : d.reason);
-			evbuffer_add(out, ",\"key\":", 7);
+			evbuffer_add_lit(out, ",\"key\":");
 			conf_json_string(out, d.key);
-			evbuffer_add(out, ",\"limit\":", 9);
+			evbuffer_add_lit(out, ",\"limit\":");
 			conf_json_string(out, conf_format_value(d.type, d.limit, lim, sizeof(lim)));
 			evbuffer_add_printf(out, ",\"value\":%llu,\"message\":", (unsigned long long)d.value);
 			if (d.verdict == LIMITER_ADMIT)
@@ -1336,9 +1366,9 @@ int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct ev
 			else
 				limiter_format_rejection(&d, &q, t, est_source_name(e.source), line, sizeof(line));
 			conf_json_string(out, line);
-			evbuffer_add(out, "}}", 2);
+			evbuffer_add_lit(out, "}}");
 		}
-		evbuffer_add(out, "]}\n", 3);
+		evbuffer_add_lit(out, "]}\n");
 		rc = 200;
 	}
 	for (size_t i = 0; i < parsed; i++)
@@ -1427,15 +1457,15 @@ void proxy_flow_write_top_rejected(const struct proxy_flow *f, struct evbuffer *
 			order[j] = order[j - 1];
 			order[j - 1] = t;
 		}
-	evbuffer_add(out, "[", 1);
+	evbuffer_add_lit(out, "[");
 	for (size_t i = 0; i < n && i < 10; i++) {
 		evbuffer_add_printf(out, "%s{\"selector\":", i ? "," : "");
 		conf_json_string(out, order[i]->selector);
-		evbuffer_add(out, ",\"tenant\":", 10);
+		evbuffer_add_lit(out, ",\"tenant\":");
 		conf_json_string(out, order[i]->tenant);
-		evbuffer_add(out, ",\"reason\":", 10);
+		evbuffer_add_lit(out, ",\"reason\":");
 		conf_json_string(out, order[i]->reason);
 		evbuffer_add_printf(out, ",\"count\":%llu}", (unsigned long long)order[i]->count);
 	}
-	evbuffer_add(out, "]", 1);
+	evbuffer_add_lit(out, "]");
 }

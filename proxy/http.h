@@ -93,6 +93,9 @@ void http_chunk_write(struct evbuffer *out, struct evbuffer *data);
 /* Append the last-chunk marker "0\r\n\r\n". */
 void http_chunk_end(struct evbuffer *out);
 
+/* Append a string literal to an evbuffer; its length comes from the compiler, never by hand. */
+#define evbuffer_add_lit(buf, lit) evbuffer_add((buf), "" lit, sizeof(lit) - 1)
+
 /* Standard reason phrase for <status> ("Unknown" if none). */
 const char *http_reason(int status);
 

@@ -393,17 +393,17 @@ static int run(struct conf *conf)
 		/* the series API of estimator.probe_url, else of the store behind upstream.url */
 		const char *host = conf->est_probe_host ? conf->est_probe_host : conf->upstream_host;
 		int port = conf->est_probe_host ? conf->est_probe_port : conf->upstream_port;
-		limiter_probe_series_path(conf->upstream_path, probe_path, sizeof(probe_path));
-		app.probe_up = proxy_upstream_new(app.base, host, port,
-						  conf->est_probe_path ? conf->est_probe_path : probe_path,
-						  conf->upstream_timeout_ms, PROBE_MAX_CONNECTIONS, err, sizeof(err));
+		limiter_probe_series_path(conf->est_probe_path ? conf->est_probe_path : conf->upstream_path, probe_path,
+					  sizeof(probe_path));
+		app.probe_up = proxy_upstream_new(app.base, host, port, probe_path, conf->upstream_timeout_ms,
+						  PROBE_MAX_CONNECTIONS, err, sizeof(err));
 		if (!app.probe_up) {
 			log_error("cannot start", "key=estimator.probe_url error=\"%s\"", err);
 			app_free(&app);
 			return 1;
 		}
 	}
-	app.flow = proxy_flow_new(conf, app.up, app.probe_up, conf->est_probe_path ? conf->est_probe_path : probe_path);
+	app.flow = proxy_flow_new(conf, app.up, app.probe_up, app.probe_up ? probe_path : NULL);
 	app.admin_ctx = (struct proxy_admin){ .conf = conf, .flow = app.flow, .up = app.up, .started = time(NULL),
 					      .reload = app_reload, .reload_arg = &app };
 	app.shared_listener = strcmp(conf->listen, conf->admin_listen) == 0;
