@@ -283,6 +283,9 @@ EOF
 
 printf '\n%s\n\n%s\n' "$TABLE" "$NOTES"
 if [ -n "$RESULTS" ]; then
+	# this script owns the top of the file; sections other scripts write ("## ...") are kept
+	kept=""
+	[ -f "$RESULTS" ] && kept=$(awk '/^## /{keep=1} keep' "$RESULTS")
 	{
 		echo "# promguard benchmark results"
 		echo
@@ -291,6 +294,11 @@ if [ -n "$RESULTS" ]; then
 		echo "$TABLE"
 		echo
 		echo "$NOTES"
-	} >"$RESULTS"
+		if [ -n "$kept" ]; then
+			echo
+			echo "$kept"
+		fi
+	} >"$RESULTS.tmp"
+	mv "$RESULTS.tmp" "$RESULTS"
 	log "wrote $RESULTS"
 fi
