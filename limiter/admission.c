@@ -86,7 +86,10 @@ static const struct proto_matcher *find_matcher(const struct proto_query *q, con
 	return NULL;
 }
 
-/* A matcher that narrows <label>: = with a value, or =~ not matching the empty string. */
+/*
+ * A matcher that narrows <label>: = with a non-empty value, or =~ with a regex that does not match
+ * everything (`.+`, `.*`, ...). Used for require_metric_name (on __name__) and rules' lacks_label.
+ */
 static int narrows(const struct proto_query *q, const char *label)
 {
 	for (size_t i = 0; i < q->n_matchers; i++) {
@@ -98,9 +101,9 @@ static int narrows(const struct proto_query *q, const char *label)
 		if (m->type == PROTO_MATCH_RE) {
 			char err[128];
 			struct limiter_regex *re = limiter_regex_get(m->value, err, sizeof(err));
-			int empty = re ? limiter_regex_match(re, "", 0) : 1;
+			int bounded = re && !limiter_regex_matches_everything(re);
 			limiter_regex_release(re);
-			if (empty == 0)
+			if (bounded)
 				return 1;
 		}
 	}
@@ -204,27 +207,6 @@ static int rule_structure_holds(const struct conf_rule *r, const struct proto_qu
 	return 1;
 }
 
-/* A usable name: a non-empty __name__ equality, or a __name__ regex that does not match everything. */
-static int has_usable_name(const struct proto_query *q)
-{
-	for (size_t i = 0; i < q->n_matchers; i++) {
-		const struct proto_matcher *m = &q->matchers[i];
-		if (strcmp(m->name, "__name__") != 0)
-			continue;
-		if (m->type == PROTO_MATCH_EQ && m->value[0])
-			return 1;
-		if (m->type == PROTO_MATCH_RE) {
-			char err[128];
-			struct limiter_regex *re = limiter_regex_get(m->value, err, sizeof(err));
-			int bounded = re && !limiter_regex_matches_everything(re);
-			limiter_regex_release(re);
-			if (bounded)
-				return 1;
-		}
-	}
-	return 0;
-}
-
 /* --- the checks ---------------------------------------------------------------------------- */
 
 int limiter_check_regexes(const struct proto_query *q, char *err, size_t errlen)
@@ -262,7 +244,7 @@ void limiter_check_structure(const struct limiter_input *in, const struct proto_
 	int64_t range = q->end_ms - q->start_ms;
 
 	admit(d);
-	if (l->v[CONF_LIMIT_REQUIRE_METRIC_NAME] && !has_usable_name(q)) {
+	if (l->v[CONF_LIMIT_REQUIRE_METRIC_NAME] && !narrows(q, "__name__")) {
 		reject_limit(in, CONF_LIMIT_REQUIRE_METRIC_NAME, 0, 1, &cand);
 		if (fold(d, &cand))
 			return;
