@@ -137,6 +137,7 @@ struct est_metric {
 	struct est_label **labels;
 	uint32_t n_labels, cap_labels;
 	double bytes_per_sample;       /* learned from est_learn_query, 0 = unknown */
+	int complete;                  /* a response for the bare metric (no label matchers) was learned */
 	uint32_t name_len;
 	char name[];
 };
@@ -1415,6 +1416,7 @@ struct est_sum {
 	double series;
 	double bytes;
 	size_t metrics; /* metrics with stats that the selector names */
+	size_t partial; /* of those, metrics only ever seen through narrower selectors */
 };
 
 static void sum_metric(const struct est *e, struct est_metric *m, const struct est_prepared *p, int64_t range_ms,
@@ -1425,6 +1427,8 @@ static void sum_metric(const struct est *e, struct est_metric *m, const struct e
 	sum->series += s;
 	sum->bytes += s * samples_per_series(e, range_ms) * m->bytes_per_sample;
 	sum->metrics++;
+	if (!m->complete)
+		sum->partial++;
 }
 
 /* Statistics: the named metric, or every known metric of <tenant> that the name matchers allow. */
@@ -1502,6 +1506,11 @@ void est_estimate(struct est *e, const char *tenant, const struct proto_query *q
 	stats_estimate(e, tenant, &p, range_ms, &sum);
 	if (sum.metrics) {
 		out->source = EST_SOURCE_STATS;
+		/*
+		 * Stats learned only through narrower selectors (5 namespaces of 20) undercount a
+		 * broader one, and a __name__ regex may match metrics never seen: a lower bound.
+		 */
+		out->lower_bound = sum.partial > 0 || !p.metric;
 	} else {
 		hint_estimate(e, &p, &sum);
 		if (sum.metrics)
@@ -1572,19 +1581,23 @@ void est_learn_query(struct est *e, const char *tenant, const struct proto_query
 		r->range_ms = q->end_ms > q->start_ms ? q->end_ms - q->start_ms : 0;
 		r->truncated = 0;
 	}
-	/* A query naming one metric also teaches that metric's bytes per sample. */
+	/* A query naming one metric also teaches that metric's bytes per sample, and a query for
+	 * the bare metric means its stats have seen every series. */
 	prepare(&p, q);
-	if (p.metric && samples > 0) {
+	if (p.metric) {
 		const char *t = tenant ? tenant : "";
 		size_t tlen = strlen(t);
 		const struct est_tenant *ten = tenant_find(e, t, tlen, XXH3_64bits(t, tlen));
 		struct est_metric *m = ten ? metric_find(e, ten, p.metric, strlen(p.metric)) : NULL;
-		double bps = (double)bytes / (double)samples;
 
-		if (m)
+		if (m && samples > 0) {
+			double bps = (double)bytes / (double)samples;
 			m->bytes_per_sample = m->bytes_per_sample > 0
 						      ? EST_BPS_KEEP * m->bytes_per_sample + (1 - EST_BPS_KEEP) * bps
 						      : bps;
+		}
+		if (m && p.n_label == 0 && p.n_name == 1)
+			m->complete = 1;
 	}
 	unprepare(&p);
 	enforce_budget(e);

@@ -56,6 +56,8 @@ struct est_result {
 	uint64_t bytes;             /* estimated response bytes, 0 when unknown */
 	uint64_t fingerprint;       /* of (tenant, normalised selector) */
 	int truncated;              /* probe stopped early: series is a lower bound */
+	int lower_bound;            /* stats cover only part of what the selector may select (learned
+				       through narrower selectors, or a __name__ regex): a probe can tell more */
 };
 
 /* New estimator (copies <s>, including the hints). NULL on ENOMEM. */

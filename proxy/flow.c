@@ -824,7 +824,11 @@ static void probe_finish(struct flow_query *fq, const char *result, const char *
 		/* a failed probe admits: response enforcement still bounds the query */
 		log_warn("probe failed", "tenant=%s detail=%s fallback=admit", fr->tenant, log_quote(q, sizeof(q), why));
 	} else {
-		est_learn_probe(f->est, fr->tenant, fq->q, fq->count.series, strcmp(result, "truncated") == 0);
+		/* a probe reads whole buffers: past the cap, report exactly max_series + 1 */
+		uint64_t cap = (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_SERIES] + 1;
+		int truncated = strcmp(result, "truncated") == 0;
+		est_learn_probe(f->est, fr->tenant, fq->q, truncated && fq->count.series > cap ? cap : fq->count.series,
+				truncated);
 		est_estimate(f->est, fr->tenant, fq->q, &fq->est);
 	}
 	if (--fr->probes_pending == 0)
@@ -1189,11 +1193,18 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 	}
 	proxy_req_set_callbacks(req, on_client_drain, on_client_close, fr);
 
-	/* nothing known and estimator.unknown=probe: ask the store's series API first */
+	/*
+	 * estimator.unknown=probe: ask the store's series API first when nothing is known, or when the
+	 * stats are only a lower bound (learned through narrower selectors). A failed probe keeps
+	 * what was known.
+	 */
 	if (fr->conf->est_unknown == CONF_UNKNOWN_PROBE && fr->conf->est_probe == CONF_PROBE_SERIES_API) {
-		for (size_t i = 0; i < fr->decoded->n_queries; i++)
-			if (fr->qs[i].est.source == EST_SOURCE_DEFAULT && probe_start(&fr->qs[i]) == 0)
+		for (size_t i = 0; i < fr->decoded->n_queries; i++) {
+			const struct est_result *e = &fr->qs[i].est;
+			int unsure = e->source == EST_SOURCE_DEFAULT || (e->source == EST_SOURCE_STATS && e->lower_bound);
+			if (unsure && probe_start(&fr->qs[i]) == 0)
 				fr->probes_pending++;
+		}
 	}
 	if (fr->probes_pending == 0)
 		flow_forward(fr);

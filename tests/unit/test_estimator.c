@@ -243,6 +243,31 @@ static void test_metric_total_counts_distinct_series(void **state)
 	est_free(e);
 }
 
+static void test_stats_from_narrower_selectors_are_a_lower_bound(void **state)
+{
+	struct est *e = pods_est();
+	struct tq t, narrow;
+	struct est_result r;
+
+	(void)state;
+	/* learned through namespace-scoped reads only: the metric's total may be larger */
+	query(&narrow, HOUR_MS, "__name__", PROTO_MATCH_EQ, "kube_pod_info", "namespace", PROTO_MATCH_EQ, "ns-3", NULL);
+	est_learn_query(e, "t1", &narrow.q, PODS_PER_NS, 0, 0);
+	est_estimate(e, "t1", query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "kube_pod_info", NULL), &r);
+	assert_int_equal(r.source, EST_SOURCE_STATS);
+	assert_true(r.lower_bound);
+	/* a __name__ regex may match metrics never seen: always a lower bound */
+	est_estimate(e, "t1", query(&t, HOUR_MS, "__name__", PROTO_MATCH_RE, "kube_.*", NULL), &r);
+	assert_true(r.lower_bound);
+	/* once a response for the bare metric was learned, its stats are complete */
+	est_learn_query(e, "t1", query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "kube_pod_info", NULL), SERIES, 0, 0);
+	est_estimate(e, "t1", query(&t, 2 * HOUR_MS, "__name__", PROTO_MATCH_EQ, "kube_pod_info", "job",
+				    PROTO_MATCH_EQ, "api", NULL), &r);
+	assert_int_equal(r.source, EST_SOURCE_STATS);
+	assert_false(r.lower_bound);
+	est_free(e);
+}
+
 static void test_eq_matcher_estimates_one_value(void **state)
 {
 	struct est *e = pods_est();
@@ -650,6 +675,7 @@ int main(void)
 		cmocka_unit_test_teardown(test_fingerprint_sorts_many_matchers, teardown),
 		cmocka_unit_test_teardown(test_probe_answers_until_a_response_is_observed, teardown),
 		cmocka_unit_test_teardown(test_metric_total_counts_distinct_series, teardown),
+		cmocka_unit_test_teardown(test_stats_from_narrower_selectors_are_a_lower_bound, teardown),
 		cmocka_unit_test_teardown(test_eq_matcher_estimates_one_value, teardown),
 		cmocka_unit_test_teardown(test_regex_over_three_values_sums_them, teardown),
 		cmocka_unit_test_teardown(test_negative_matchers_take_the_complement, teardown),
