@@ -133,11 +133,13 @@ def wait_http_ok(url, proc=None, timeout=60):
         url, timeout, last, "\n" + proc.log_tail() if proc is not None else ""))
 
 
-def start_prometheus(name, workdir, port, tsdb_dir=None, remote_read_url=None, extra=()):
+def start_prometheus(name, workdir, port, tsdb_dir=None, remote_read_url=None, extra=(),
+                     remote_read_headers=None):
     """Start Prometheus 2.42 on 127.0.0.1:<port> with no scrape targets.
 
     <tsdb_dir> defaults to an empty dir under <workdir>. With <remote_read_url> the config has
-    one remote_read entry with read_recent: true (every query goes to the remote). Flags are
+    one remote_read entry with read_recent: true (every query goes to the remote), sending
+    <remote_read_headers> (a dict, e.g. {"X-Scope-OrgID": "team-a"}) with every read. Flags are
     passed explicitly: the Debian package reads /etc/default/prometheus only under systemd.
     """
     os.makedirs(workdir, exist_ok=True)
@@ -145,6 +147,9 @@ def start_prometheus(name, workdir, port, tsdb_dir=None, remote_read_url=None, e
     text = "global:\n  scrape_interval: 15s\n"
     if remote_read_url:
         text += "remote_read:\n  - url: %s\n    read_recent: true\n" % remote_read_url
+        if remote_read_headers:
+            text += "    headers:\n" + "".join("      %s: %s\n" % (k, json.dumps(v))
+                                            for k, v in remote_read_headers.items())
     with open(cfg, "w") as f:
         f.write(text)
     if tsdb_dir is None:
@@ -157,6 +162,131 @@ def start_prometheus(name, workdir, port, tsdb_dir=None, remote_read_url=None, e
     proc = Proc(name, argv, os.path.join(workdir, name + ".log"))
     wait_http_ok("http://127.0.0.1:%d/-/ready" % port, proc)
     return proc
+
+
+# --- remote write (to make a store grow while it runs) -------------------------------------
+# Needs the store started with extra=["--web.enable-remote-write-receiver"].
+
+def _uvarint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _pb_len(field, payload):
+    return _uvarint(field << 3 | 2) + _uvarint(len(payload)) + payload
+
+
+def _snappy_literal(data):
+    """Snappy block of literals only (valid for any decoder)."""
+    out = bytearray(_uvarint(len(data)))
+    for i in range(0, len(data), 65536):
+        chunk = data[i:i + 65536]
+        n = len(chunk) - 1
+        if n < 60:
+            out.append(n << 2)
+        elif n < 256:
+            out += bytes([60 << 2, n])
+        else:
+            out += bytes([61 << 2]) + n.to_bytes(2, "little")
+        out += chunk
+    return bytes(out)
+
+
+def encode_write_request(series):
+    """prometheus.WriteRequest for <series>: [(labels dict incl. __name__, [(ts_ms, value)])]."""
+    import struct
+    body = bytearray()
+    for labels, samples in series:
+        ts = bytearray()
+        for k in sorted(labels):
+            ts += _pb_len(1, _pb_len(1, k.encode()) + _pb_len(2, str(labels[k]).encode()))
+        for t_ms, v in samples:
+            sample = b"\x09" + struct.pack("<d", float(v)) + b"\x10" + _uvarint(int(t_ms) & (2**64 - 1))
+            ts += _pb_len(2, sample)
+        body += _pb_len(1, bytes(ts))
+    return bytes(body)
+
+
+def remote_write(base, series, timeout=30):
+    """POST <series> (see encode_write_request) to <base>/api/v1/write; raise unless 2xx."""
+    data = _snappy_literal(encode_write_request(series))
+    req = urllib.request.Request(base + "/api/v1/write", data=data, method="POST", headers={
+        "Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+        "X-Prometheus-Remote-Write-Version": "0.1.0", "User-Agent": "promguard-e2e"})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        if r.status // 100 != 2:
+            raise RuntimeError("remote write: HTTP %d" % r.status)
+
+
+# --- header relay --------------------------------------------------------------------------
+
+class HeaderRelay:
+    """A small HTTP relay on 127.0.0.1 that adds fixed headers to every request it forwards.
+
+    Prometheus 2.42 as packaged by Debian (2.42.0+ds) accepts `headers:` under remote_read and
+    remote_write but never sends them (prometheus/prometheus#13030; checked here: a remote read
+    arrives without the configured X-Scope-OrgID). A front that must read as a tenant points its
+    remote_read at a relay instead: relay = HeaderRelay(promguard_read_url, {"X-Scope-OrgID": "a"}).
+    Status, headers and body come back unchanged (the body re-framed with Content-Length).
+    """
+
+    HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
+           "proxy-connection", "content-length", "host"}
+
+    def __init__(self, target_url, headers):
+        import http.client
+        import http.server
+        import threading
+        u = urllib.parse.urlsplit(target_url)
+        relay = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                out = {k: v for k, v in self.headers.items() if k.lower() not in relay.HOP}
+                out.update(headers)
+                conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=out)
+                    r = conn.getresponse()
+                    data = r.read()
+                    self.send_response(r.status, r.reason)
+                    for k, v in r.getheaders():
+                        if k.lower() not in relay.HOP:
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (OSError, http.client.HTTPException):
+                    self.close_connection = True  # the client sees the connection drop, as with a cut
+                finally:
+                    conn.close()
+
+            do_POST = do_GET = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = "http://127.0.0.1:%d%s" % (self.port, u.path)
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
 
 
 # --- promguard config ---------------------------------------------------------------------
@@ -212,13 +342,14 @@ def default_template():
     return "listen: 127.0.0.1:9201\nadmin_listen: 127.0.0.1:9202\nupstream:\n  url: x\n"
 
 
-def start_promguard(workdir, store_read_url, template=None):
+def start_promguard(workdir, store_read_url, template=None, name="promguard"):
     """Start promguard in front of <store_read_url>; wait for /-/ready on its admin port.
 
+    The config is <workdir>/<name>.yml (write it again and call reload_promguard() to reload).
     Returns (proc, listen_port, admin_port).
     """
     listen, admin = free_port(), free_port()
-    cfg = os.path.join(workdir, "promguard.yml")
+    cfg = os.path.join(workdir, name + ".yml")
     with open(cfg, "w") as f:
         f.write(render_config(template or default_template(), "127.0.0.1:%d" % listen,
                               "127.0.0.1:%d" % admin, store_read_url))
@@ -227,9 +358,19 @@ def start_promguard(workdir, store_read_url, template=None):
                            stderr=subprocess.STDOUT, text=True)
     if check.returncode != 0:
         raise RuntimeError("promguard --check-config failed on %s:\n%s" % (cfg, check.stdout))
-    proc = Proc("promguard", [binary, "-c", cfg], os.path.join(workdir, "promguard.log"))
+    proc = Proc(name, [binary, "-c", cfg], os.path.join(workdir, name + ".log"))
     wait_http_ok("http://127.0.0.1:%d/-/ready" % admin, proc)
     return proc, listen, admin
+
+
+def reload_promguard(admin_base, timeout=10):
+    """POST <admin_base>/-/reload; returns (status, body text)."""
+    req = urllib.request.Request(admin_base + "/-/reload", data=b"", method="POST")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode("utf-8", "replace")
 
 
 # --- the query API ------------------------------------------------------------------------

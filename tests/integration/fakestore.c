@@ -534,11 +534,20 @@ struct tag_stat {
 	char *headers_json; /* JSON object of the last request's headers */
 };
 
+/* GET /api/v1/series requests whose match[] carries tag="...": count and the last request target. */
+struct probe_tag_stat {
+	char tag[128];
+	uint64_t n;
+	char path[2048];
+};
+
 static struct {
 	struct path_count paths[MAX_PATHS];
 	size_t n_paths;
 	struct tag_stat tags[MAX_TAGS];
 	size_t n_tags;
+	struct probe_tag_stat probe_tags[MAX_TAGS];
+	size_t n_probe_tags;
 	uint64_t modes[sizeof(mode_names) / sizeof(mode_names[0])];
 	uint64_t streamed, samples_responses;
 	uint64_t connections_total, connections_open;
@@ -917,6 +926,42 @@ static void record_tag(struct conn *c, const char *tag)
 	evbuffer_free(j);
 }
 
+/*
+ * grow="N" (needs tag="..."): the k-th read carrying this tag (k = 0, 1, ...) returns N * k more
+ * series per query than series="N" says, so a selector learned once comes back bigger, as if the
+ * store had grown since. The series API is not affected.
+ */
+static void apply_grow(struct freq *r)
+{
+	uint64_t earlier = 0;
+	if (!*r->tag)
+		return;
+	for (size_t i = 0; i < st.n_tags; i++)
+		if (!strcmp(st.tags[i].tag, r->tag))
+			earlier = st.tags[i].n - 1; /* record_tag counted this read already */
+	for (size_t qi = 0; qi < r->n_queries; qi++) {
+		const char *v = labels_get(&r->q[qi], "grow");
+		if (v && r->q[qi].fake)
+			r->q[qi].series += parse_u64(v, 0) * earlier;
+	}
+}
+
+static void record_probe_tag(const char *tag, const char *path)
+{
+	size_t i;
+	for (i = 0; i < st.n_probe_tags; i++)
+		if (!strcmp(st.probe_tags[i].tag, tag))
+			break;
+	if (i == st.n_probe_tags) {
+		if (st.n_probe_tags == MAX_TAGS)
+			return;
+		st.n_probe_tags++;
+		snprintf(st.probe_tags[i].tag, sizeof(st.probe_tags[i].tag), "%s", tag);
+	}
+	st.probe_tags[i].n++;
+	snprintf(st.probe_tags[i].path, sizeof(st.probe_tags[i].path), "%s", path);
+}
+
 static void handle_read(struct conn *c, const uint8_t *body, size_t len)
 {
 	char err[256];
@@ -933,6 +978,7 @@ static void handle_read(struct conn *c, const uint8_t *body, size_t len)
 	}
 	st.modes[c->req->mode]++;
 	record_tag(c, c->req->tag);
+	apply_grow(c->req);
 	switch (c->req->mode) {
 	case MODE_HANG:
 		c->state = CS_WAITING;
@@ -1007,11 +1053,21 @@ static void handle_series(struct conn *c)
 		n_match++;
 		selector_labels(kv->value, q);
 		const char *v;
+		if ((v = labels_get(q, "tag")))
+			record_probe_tag(v, c->path);
 		if ((v = labels_get(q, "mode")) && !strcmp(v, "status")) {
 			code = (v = labels_get(q, "status")) ? (int)parse_u64(v, 500) : 500;
 			break;
 		}
-		for (uint64_t s = 0; q->fake && s < q->series; s++) {
+		if ((v = labels_get(q, "probe_status"))) {
+			code = (int)parse_u64(v, 500);
+			if (code < 100 || code > 599)
+				code = 500;
+			if (code != 200)
+				break;
+		}
+		uint64_t n_series = (v = labels_get(q, "probe_series")) ? parse_u64(v, q->series) : q->series;
+		for (uint64_t s = 0; q->fake && s < n_series; s++) {
 			evbuffer_add_printf(o, first ? "{" : ",{");
 			first = 0;
 			for (size_t i = 0; i < q->n_labels; i++) {
@@ -1065,6 +1121,15 @@ static void handle_stats(struct conn *c)
 		json_str(o, st.tags[i].tag);
 		evbuffer_add_printf(o, ":{\"count\":%" PRIu64 ",\"headers\":%s}", st.tags[i].n,
 				    st.tags[i].headers_json ? st.tags[i].headers_json : "{}");
+	}
+	evbuffer_add_printf(o, "},\"probe_tags\":{");
+	for (size_t i = 0; i < st.n_probe_tags; i++) {
+		if (i)
+			evbuffer_add(o, ",", 1);
+		json_str(o, st.probe_tags[i].tag);
+		evbuffer_add_printf(o, ":{\"count\":%" PRIu64 ",\"path\":", st.probe_tags[i].n);
+		json_str(o, st.probe_tags[i].path);
+		evbuffer_add(o, "}", 1);
 	}
 	evbuffer_add_printf(o,
 			    "},\"streamed_responses\":%" PRIu64 ",\"samples_responses\":%" PRIu64

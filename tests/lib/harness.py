@@ -812,3 +812,197 @@ def decision(resp):
 
 def url_query(**params):
     return urllib.parse.urlencode(params, doseq=True)
+
+
+# --------------------------------------------------------------------------------------------
+# admission (limits, rules, estimator): config with rules[], arbitrary matchers, 422 lines, logs
+
+def to_yaml_any(d, indent=0):
+    """Like to_yaml(), but lists may also hold dicts (rules[]): `- name: x` blocks."""
+    pad = "  " * indent
+    out = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            if v:
+                out.append(f"{pad}{k}:")
+                out.append(to_yaml_any(v, indent + 1))
+            else:
+                out.append(f"{pad}{k}: {{}}")
+        elif isinstance(v, list):
+            if not v:
+                out.append(f"{pad}{k}: []")
+                continue
+            out.append(f"{pad}{k}:")
+            for x in v:
+                if isinstance(x, dict):
+                    body = to_yaml_any(x, indent + 2).split("\n")
+                    out.append(f"{pad}  - " + body[0].lstrip())
+                    out.extend(body[1:])
+                else:
+                    out.append(f"{pad}  - {_yaml_scalar(x)}")
+        else:
+            out.append(f"{pad}{k}: {_yaml_scalar(v)}")
+    return "\n".join(out)
+
+
+class AdmissionPromguard(Promguard):
+    """Promguard whose config may hold rules[] (lists of dicts), with reload helpers.
+
+    The config is written with to_yaml_any(); everything else is Promguard's.
+    """
+
+    @classmethod
+    def _start_once(cls, testcase, upstream_url, config, timeout, wait_ready):
+        cfg = merge(cls.default_config(upstream_url), config or {})
+        logdir = tempfile.mkdtemp(prefix="promguard-")
+        cfg_path = os.path.join(logdir, "promguard.yml")
+        with open(cfg_path, "w") as f:
+            f.write(to_yaml_any(cfg) + "\n")
+        pg = cls(cfg, cfg_path, logdir)
+        pg._spawn()
+        _register_cleanup(testcase, lambda: pg.stop(testcase=testcase))
+        try:
+            pg.wait_healthy(timeout)
+            if wait_ready:
+                wait_until(lambda: pg.admin_get("/-/ready").status == 200, timeout, 0.1, "/-/ready 200")
+        except BaseException:
+            if pg.proc.poll() is not None and "Address already in use" in pg.log():
+                pg.stopped = True
+                raise _PortTaken() from None
+            pg.dump("did not become healthy")
+            pg.kill()
+            raise
+        return pg
+
+    def rewrite_config(self, changes=None, text=None):
+        """Write a new config file: <changes> deep-merged over the running one, or raw <text>."""
+        if text is None:
+            self.cfg = merge(self.cfg, changes or {})
+            text = to_yaml_any(self.cfg) + "\n"
+        with open(self.cfg_path, "w") as f:
+            f.write(text)
+
+    def reload(self, timeout=10):
+        """POST /-/reload on the admin listener."""
+        return http_request(self.admin_port, "POST", "/-/reload", body=b"", timeout=timeout)
+
+    def explain(self, selector, start=None, end=None, tenant=None, timeout=10):
+        """GET /api/v1/explain; returns the Response (JSON in .body when 200)."""
+        params = {"match[]": selector}
+        if start is not None:
+            params["start"] = start
+        if end is not None:
+            params["end"] = end
+        if tenant is not None:
+            params["tenant"] = tenant
+        return self.admin_get("/api/v1/explain?" + url_query(**params), timeout=timeout)
+
+
+def probes(store, tag):
+    """GET /api/v1/series requests the fake store received whose match[] carries tag="<tag>"."""
+    return store.stats().get("probe_tags", {}).get(tag, {"count": 0, "path": ""})
+
+
+def series_api_requests(store):
+    return store.stats()["requests"].get("/api/v1/series", 0)
+
+
+def read_body_matchers(matchers, start_ms=1_700_000_000_000, end_ms=1_700_003_600_000, accepted=None,
+                       queries=None):
+    """Snappy ReadRequest with arbitrary matchers: [(promrr.EQ|NEQ|RE|NRE, name, value)], one query
+    (or <queries>: a list of such matcher lists)."""
+    qs = queries if queries is not None else [matchers]
+    return promrr.snappy_encode(promrr.encode_read_request(
+        [{"start": start_ms, "end": end_ms, "matchers": list(m)} for m in qs], accepted=accepted or []))
+
+
+# `promguard: query rejected: <what> for <selector> [<start>,<end>] tenant=<t> (source=<s>)`
+REJECTION_RE = re.compile(
+    r"^promguard: query rejected: (?P<what>.+?) for (?P<selector>.+) "
+    r"\[(?P<start>[^,\]]+),(?P<end>[^\]]+)\] tenant=(?P<tenant>\S+) \(source=(?P<source>[a-z]+)\)\n$")
+_LIMIT_WHAT_RE = re.compile(r"^(?P<key>[A-Za-z0-9_.\-]+)=(?P<limit>\S+) (?P<kind>estimated|actual) (?P<value>\S+)$")
+
+
+def parse_rejection(body):
+    """Split a 422 body into its parts; None when it does not have the contract's shape.
+
+    Keys: what, selector, start, end, tenant, source, and for `<key>=<limit> <kind> <n>` also key,
+    limit, kind, value.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
+    m = REJECTION_RE.match(text)
+    if not m:
+        return None
+    d = m.groupdict()
+    lm = _LIMIT_WHAT_RE.match(d["what"])
+    if lm:
+        d.update(lm.groupdict())
+    return d
+
+
+_LOGKV_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_.]*)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def parse_log_line(line):
+    """key=value pairs of one log line; quoted values are unquoted (\\" and \\\\ unescaped)."""
+    out = {}
+    for k, v in _LOGKV_RE.findall(line):
+        if v.startswith('"') and v.endswith('"') and len(v) >= 2:
+            v = v[1:-1].replace('\\"', '"').replace("\\\\", "\\")
+        out[k] = v
+    return out
+
+
+class MetricsDelta:
+    """Snapshot of /metrics; .delta(name, **labels) is the change of metric_sum since the snapshot."""
+
+    def __init__(self, pg):
+        self.pg = pg
+        self.before = pg.metrics()
+
+    def delta(self, name, **labels):
+        return metric_sum(self.pg.metrics(), name, **labels) - metric_sum(self.before, name, **labels)
+
+
+def assert_rejected(tc, resp, reason, *, key=None, limit=None, kind=None, value=None, what=None, source=None,
+                    tenant="default", selector=None, status=422):
+    """Assert <resp> is promguard's one-line 422 with the X-Promguard-Decision reject header.
+
+    Checks every part given: <key>, <limit>, <kind> (estimated|actual), <value> (str or int, or a
+    callable taking the printed value), <what> (the whole text before ` for `), <source>, <tenant>,
+    <selector>. The header's source must equal the line's. Returns parse_rejection()'s dict.
+    """
+    tc.assertEqual(resp.status, status, f"want {status}, got {resp.status}: {resp.text[:300]!r} "
+                                        f"({resp.header('X-Promguard-Decision')})")
+    tc.assertRegex(resp.text, ERROR_LINE_RE, "not one line")
+    parts = parse_rejection(resp.body)
+    tc.assertIsNotNone(parts, f"422 line has not the contract's shape: {resp.text!r}")
+    verdict, kv = decision(resp)
+    tc.assertEqual(verdict, "reject", resp.header("X-Promguard-Decision"))
+    tc.assertEqual(kv.get("reason"), reason, resp.header("X-Promguard-Decision"))
+    tc.assertIn("estimate", kv, resp.header("X-Promguard-Decision"))
+    tc.assertEqual(kv.get("source"), parts["source"], "header source differs from the 422 line's")
+    checks = {"key": key, "limit": limit, "kind": kind, "what": what, "source": source, "tenant": tenant,
+              "selector": selector}
+    for name, want in checks.items():
+        if want is not None:
+            tc.assertEqual(parts.get(name), str(want), f"{name} in {resp.text!r}")
+    if value is not None:
+        if callable(value):
+            tc.assertTrue(value(parts.get("value")), f"value {parts.get('value')!r} in {resp.text!r}")
+        else:
+            tc.assertEqual(parts.get("value"), str(value), f"value in {resp.text!r}")
+    return parts
+
+
+def assert_admitted(tc, resp, *, source=None, estimate=None, status=200):
+    """Assert <resp> is the store's answer with `admit; reason=none; estimate=<n>; source=<s>`."""
+    tc.assertEqual(resp.status, status, f"want {status}: {resp.text[:300]!r} ({resp.header('X-Promguard-Decision')})")
+    verdict, kv = decision(resp)
+    tc.assertEqual(verdict, "admit", resp.header("X-Promguard-Decision"))
+    tc.assertEqual(kv.get("reason"), "none", resp.header("X-Promguard-Decision"))
+    if source is not None:
+        tc.assertEqual(kv.get("source"), source, resp.header("X-Promguard-Decision"))
+    if estimate is not None:
+        tc.assertEqual(kv.get("estimate"), str(estimate), resp.header("X-Promguard-Decision"))
+    return kv
