@@ -128,6 +128,12 @@ echo "store      http://$STORE_ADDR  (pid $(cat "$DEMO/store.pid"))"
 
 python3 tests/e2e/e2e_lib.py render-config conf/promguard.yml "$DEMO/promguard.yml" \
 	--listen $PG_ADDR --admin $PG_ADMIN --upstream "http://$STORE_ADDR/api/v1/read"
+# The demo's limit: 10,000 series per query, so the 20,000-series demo_pod_memory_bytes is too big.
+sed -i 's/^  max_series: 100000$/  max_series: 10000/' "$DEMO/promguard.yml"
+grep -q '^  max_series: 10000$' "$DEMO/promguard.yml" || {
+	echo "demo: could not set limits.max_series in $DEMO/promguard.yml" >&2
+	exit 1
+}
 if ! build/promguard -c "$DEMO/promguard.yml" --check-config >"$DEMO/check-config.txt" 2>&1; then
 	cat "$DEMO/check-config.txt" >&2
 	exit 1
@@ -148,9 +154,31 @@ start front prometheus --config.file="$DEMO/front.yml" --storage.tsdb.path="$DEM
 wait_ready front "http://$FRONT_ADDR/-/ready"
 echo "front      http://$FRONT_ADDR  (pid $(cat "$DEMO/front.pid"))"
 
+# store_reads: remote reads the store has served (its own prometheus_http_requests_total)
+store_reads() {
+	curl -s "http://$STORE_ADDR/metrics" |
+		awk '/^prometheus_http_requests_total\{.*handler="\/api\/v1\/read"/ { n += $NF } END { print n + 0 }'
+}
+
 T=$((END - 600))
-Q='sum by (namespace) (demo_pod_memory_bytes)'
-say "PromQL through the front: $Q  @ $(date -u -d "@$T" '+%F %T') UTC"
+Q='sum(demo_pod_memory_bytes)'
+say "rejected: $Q  @ $(date -u -d "@$T" '+%F %T') UTC (20,000 series, over limits.max_series=10000)"
+READS=$(store_reads)
+curl -s "http://$FRONT_ADDR/api/v1/query" --data-urlencode "query=$Q" --data-urlencode "time=$T" |
+	python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+res = (r.get("data") or {}).get("result") or []
+print("status=%s, %d series; the front shows promguard\x27s 422 as a warning:" % (r.get("status"), len(res)))
+for w in r.get("warnings") or ["(no warning: the query was not rejected)"]:
+    print("  " + w)
+'
+echo "remote reads the store served for it: $(($(store_reads) - READS)) (the estimate came first; see source= above)"
+curl -s "http://$PG_ADMIN/metrics" | grep -E '^promguard_(queries_total|rejections_total|probes_total)' ||
+	echo "(no rejection counters found)"
+
+Q='sum by (namespace) (demo_pod_memory_bytes{namespace=~"ns-0[0-4]"})'
+say "admitted: $Q  @ $(date -u -d "@$T" '+%F %T') UTC (5 namespaces, 5,000 series: within limits.max_series=10000)"
 curl -s "http://$FRONT_ADDR/api/v1/query" --data-urlencode "query=$Q" --data-urlencode "time=$T" |
 	python3 -c '
 import json, sys
@@ -174,12 +202,13 @@ head -n 1 "$DEMO/bad.body" | cut -c1-300
 grep -i '^x-promguard-decision' "$DEMO/bad.headers" | sed 's/^/     /' || true
 
 say "promguard metrics (http://$PG_ADMIN/metrics)"
-curl -s "http://$PG_ADMIN/metrics" | grep -E '^(promguard_requests_total|promguard_rejections_total|promguard_response_series_total|promguard_upstream_request_duration_seconds_count|promguard_inflight_queries)' ||
+curl -s "http://$PG_ADMIN/metrics" | grep -E '^(promguard_requests_total|promguard_queries_total|promguard_rejections_total|promguard_response_series_total|promguard_upstream_request_duration_seconds_count|promguard_inflight_queries)' ||
 	echo "(none of the expected metrics found)"
 
 say "running"
 cat <<EOF
-  front Prometheus  http://$FRONT_ADDR/graph   (try: sum by (namespace) (demo_pod_memory_bytes))
+  front Prometheus  http://$FRONT_ADDR/graph   (try: sum by (namespace) (demo_pod_memory_bytes{namespace="ns-07"}),
+                    and sum(demo_pod_memory_bytes), which promguard rejects: 20,000 series > 10,000)
   promguard         http://$PG_ADDR/api/v1/read   admin: http://$PG_ADMIN/metrics
   store Prometheus  http://$STORE_ADDR/graph
   logs              _demo/{store,promguard,front}.log
