@@ -56,5 +56,6 @@ if [ -n "$RESULTS" ]; then
 	fi
 	printf '\n%s\n\nWritten by `bench/limiter.sh`.\n\n%s\n\n%s\n' "$SECTION" "$TABLE" "$NOTES" >>"$tmp"
 	mv "$tmp" "$RESULTS"
+	chmod 644 "$RESULTS"
 	log "wrote the $SECTION section of $RESULTS"
 fi
