@@ -7,6 +7,7 @@
 
 #include <event2/buffer.h>
 
+#include "pool/pool.h"
 #include "proxy/conf.h"
 #include "proxy/flow.h"
 #include "proxy/http.h"
@@ -20,15 +21,43 @@ struct route {
 	void (*fn)(struct proxy_admin *a, struct proxy_req *req);
 };
 
+/* Copy the pool's figures into its metrics (they are read from the pool, not counted twice). */
+static void refresh_pool_metrics(const struct pool *p)
+{
+	struct pool_stats st;
+
+	pool_get_stats(p, &st);
+	metrics_set(METRICS_POOL_BYTES, "free", NULL, (double)st.free_bytes);
+	metrics_set(METRICS_POOL_BYTES, "in_use", NULL, (double)st.in_use_bytes);
+	metrics_set(METRICS_POOL_LIMIT_BYTES, NULL, NULL, (double)st.limit_bytes);
+	metrics_set(METRICS_POOL_GET_ON_EMPTY, NULL, NULL, (double)st.get_on_empty);
+	metrics_set(METRICS_POOL_REFILLS, NULL, NULL, (double)st.refills);
+	metrics_set(METRICS_POOL_WAITS, NULL, NULL, (double)st.waits);
+	metrics_set(METRICS_POOL_WAIT_TIMEOUTS, NULL, NULL, (double)st.wait_timeouts);
+	metrics_set(METRICS_POOL_WAITERS, NULL, NULL, (double)st.waiters);
+	metrics_set(METRICS_POOL_FAILED_GETS, NULL, NULL, (double)st.failed_gets);
+	metrics_set(METRICS_POOL_PEAK, NULL, NULL, (double)st.peak_in_use_bytes);
+	metrics_set(METRICS_POOL_RESERVED, NULL, NULL, (double)st.reserved_bytes);
+	for (int c = 0; c < POOL_CLASS__COUNT; c++) {
+		const char *name = pool_class_name((enum pool_class)c);
+		const struct pool_class_stats *cs = &st.cls[c];
+		metrics_set(METRICS_POOL_CLASS_BYTES, name, "free", (double)cs->free_bytes);
+		metrics_set(METRICS_POOL_CLASS_BYTES, name, "in_use", (double)cs->in_use_bytes);
+		metrics_set(METRICS_POOL_CLASS_GETS, name, "ok", (double)(cs->gets - cs->failed_gets));
+		metrics_set(METRICS_POOL_CLASS_GETS, name, "on_empty", (double)cs->get_on_empty);
+		metrics_set(METRICS_POOL_CLASS_GETS, name, "failed", (double)cs->failed_gets);
+	}
+}
+
 static void serve_metrics(struct proxy_admin *a, struct proxy_req *req)
 {
 	struct evbuffer *b = evbuffer_new();
 
-	(void)a;
 	if (!b) {
 		proxy_req_abort(req);
 		return;
 	}
+	refresh_pool_metrics(a->pool);
 	metrics_refresh_process();
 	metrics_render(b);
 	proxy_req_add_header(req, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
@@ -69,6 +98,7 @@ static void serve_status(struct proxy_admin *a, struct proxy_req *req)
 	struct evbuffer *b = evbuffer_new();
 	const struct proxy_flow_stats *s = proxy_flow_stats(a->flow);
 	const char *why = not_ready_reason(a);
+	struct pool_stats ps;
 
 	if (!b) {
 		proxy_req_abort(req);
@@ -89,6 +119,15 @@ static void serve_status(struct proxy_admin *a, struct proxy_req *req)
 			    (unsigned long long)s->response_series,
 			    (unsigned long long)s->response_bytes, (unsigned long long)s->inflight);
 	conf_write_json(a->conf, b);
+	pool_get_stats(a->pool, &ps);
+	evbuffer_add_printf(b, ",\"pool\":{\"limit_bytes\":%llu,\"in_use_bytes\":%llu,\"free_bytes\":%llu,"
+			    "\"reserved_bytes\":%llu,\"large_bytes\":%llu,\"peak_in_use_bytes\":%llu,\"waiters\":%llu,"
+			    "\"waits\":%llu,\"wait_timeouts\":%llu,\"failed_gets\":%llu}",
+			    (unsigned long long)ps.limit_bytes, (unsigned long long)ps.in_use_bytes,
+			    (unsigned long long)ps.free_bytes, (unsigned long long)ps.reserved_bytes,
+			    (unsigned long long)ps.large_bytes, (unsigned long long)ps.peak_in_use_bytes,
+			    (unsigned long long)ps.waiters, (unsigned long long)ps.waits,
+			    (unsigned long long)ps.wait_timeouts, (unsigned long long)ps.failed_gets);
 	evbuffer_add_lit(b, ",\"top_rejected\":");
 	proxy_flow_write_top_rejected(a->flow, b);
 	evbuffer_add_lit(b, "}\n");

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 struct conf;
+struct pool;
 struct evbuffer;
 struct proxy_flow;
 struct proxy_req;
@@ -19,6 +20,7 @@ struct proxy_admin {
 	const struct conf *conf;  /* the config in force (main updates it on reload) */
 	struct proxy_flow *flow;
 	struct proxy_upstream *up;
+	struct pool *pool;
 	int draining;
 	int64_t started;          /* unix seconds */
 	/* POST /-/reload: load the file again; 0 on success, else -errno with the errors (one per

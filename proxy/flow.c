@@ -23,10 +23,12 @@
 #include "limiter/admission.h"
 #include "limiter/estimator.h"
 #include "limiter/probe.h"
+#include "pool/pool.h"
 #include "proto/frame.h"
 #include "proto/request.h"
 #include "proto/scan.h"
 #include "proto/selector.h"
+#include "proto/snappy.h"
 #include "proto/wire.h"
 #include "proxy/conf.h"
 #include "proxy/http.h"
@@ -37,13 +39,17 @@
 
 #define TENANT_MAX 128                    /* longest tenant header value accepted */
 #define STREAM_MAX_FRAME 50000000         /* Prometheus' own chunked_read_limit default */
-#define SCAN_DECODED_MAX (1024ULL << 20)  /* SAMPLES bodies decoding larger are relayed uncounted */
+#define SNAPPY_WINDOW 65536               /* Go's snappy encoder refers back at most this far */
+#define SAMPLES_DECODED_MAX (64ULL << 30) /* a SAMPLES body declaring more is corrupt */
 #define PROBE_TIMEOUT_MS 5000             /* a probe slower than this is a failed probe */
 #define LOG_EVERY_MS 10000                /* one rejection line per selector per this long */
 #define LOG_SLOTS 1024                    /* selectors tracked for log rate limiting */
 #define TOP_REJECTED 32                   /* selectors kept for /api/v1/status */
 #define SELECTOR_MAX 2048                 /* printed selector in logs and status */
 #define EXPLAIN_MAX_QUERIES 16            /* match[] values one explain call may ask about */
+#define RESERVE_MIN (1u << 20)            /* reserved for a SAMPLES response with no byte estimate */
+#define RESERVE_STREAM (2u << 20)         /* a stream's relay buffers: read burst + client high water */
+#define RESERVE_STEP (1u << 20)           /* a growing SAMPLES body reserves at least this much more */
 
 /* How a response is relayed, decided from its status and Content-Type. */
 enum relay_mode {
@@ -79,6 +85,7 @@ struct proxy_flow {
 	struct conf *conf;                /* ref-counted; requests hold the one they began with */
 	struct proxy_upstream *up;        /* (ref) the store */
 	struct proxy_upstream *probe_up;  /* (ref) the store's series API; NULL: probes off */
+	struct pool *pool;                /* (ref) buffer memory: every response reserves from it */
 	char probe_path[256];             /* e.g. /api/v1/series */
 	struct est *est;
 	struct proxy_flow_stats stats;
@@ -119,14 +126,26 @@ struct flow_req {
 	int status;                       /* the store's status */
 	struct evbuffer *samples;         /* RELAY_SAMPLES: the buffered body */
 	struct proto_frame_reader *frames;/* RELAY_STREAM: counts the frames as they pass */
+	struct proto_snappy *snap;        /* RELAY_SAMPLES: windowed decoder feeding <scan> */
+	struct proto_scan *scan;          /* RELAY_SAMPLES: counts as the body arrives */
+	int scan_whole;                   /* the body must be decoded whole to be counted */
+	char scan_err[256];               /* why the response is corrupt */
 	uint64_t resp_bytes;              /* bytes received from the store */
 	int paused;                       /* upstream reading paused for a slow client */
+	int paused_mem;                   /* upstream reading paused until pool memory is free */
 	int inflight;                     /* counted in the in-flight gauges */
 	int forwarded;                    /* sent to the store: its queries count as admitted unless refused */
+	uint64_t reserved;                /* bytes of pool.memory_limit claimed for the response */
+	struct pool_waiter *waiter;       /* waiting for pool memory (admission or a growing body) */
+	int64_t wait_start_ms;            /* when the current wait began (pool_now_ms clock) */
 	struct timespec t0;               /* sent to the store */
 };
 
 static void flow_forward(struct flow_req *fr);
+static void flow_reserve(struct flow_req *fr);
+static void flow_send(struct flow_req *fr);
+static void samples_reserve_more(struct flow_req *fr);
+static int flow_wait_memory(struct flow_req *fr, uint64_t bytes, enum pool_priority prio);
 
 static double since(const struct timespec *t0)
 {
@@ -273,8 +292,13 @@ static void flow_req_free(struct flow_req *fr)
 		if (fr->qs[i].probe)
 			proxy_upstream_cancel(fr->qs[i].probe);
 	inflight_leave(fr);
+	pool_wait_cancel(fr->waiter);
+	if (fr->reserved)
+		pool_release(fr->f->pool, fr->reserved);
 	proto_request_free(fr->decoded);
 	proto_frame_reader_free(fr->frames);
+	proto_snappy_free(fr->snap);
+	proto_scan_free(fr->scan);
 	if (fr->samples)
 		evbuffer_free(fr->samples);
 	conf_unref(fr->conf);
@@ -484,54 +508,106 @@ static int over_limit(struct flow_req *fr, size_t qi, uint64_t series, uint64_t 
 	return d->verdict == LIMITER_REJECT;
 }
 
-/*
- * Count, check and learn a whole SAMPLES body. Returns 0 to relay it, 1 when a limit refused it
- * (the 422 is sent), or -EBADMSG with <err> when it is not a valid snappy ReadResponse.
- */
-static int settle_samples(struct flow_req *fr, char *err, size_t errlen)
+/* Decoded SAMPLES bytes go straight to the incremental scanner. */
+static int scan_piece(void *ctx, const uint8_t *data, size_t len)
 {
-	size_t clen = evbuffer_get_length(fr->samples);
+	struct flow_req *fr = ctx;
+
+	return proto_scan_feed(fr->scan, data, len, fr->scan_err, sizeof(fr->scan_err));
+}
+
+/*
+ * Count a SAMPLES piece as it arrives: the windowed snappy decoder feeds the scanner, so no
+ * decompressed copy of the body is held (bench/RESULTS.md, "Windowed snappy"). A body whose
+ * back-references reach past the window is counted whole at the end instead (scan_whole).
+ * Returns 0, or -EBADMSG with fr->scan_err when the body is corrupt.
+ */
+static int scan_samples_piece(struct flow_req *fr, const uint8_t *data, size_t len)
+{
+	int rc;
+
+	if (fr->scan_whole || !fr->snap)
+		return 0;
+	rc = proto_snappy_feed(fr->snap, data, len, scan_piece, fr, fr->scan_err, sizeof(fr->scan_err));
+	if (rc == -ERANGE) {
+		fr->scan_whole = 1; /* not Go's encoder: decode it whole once it is all here */
+		return 0;
+	}
+	if (rc == -ENOMEM) {
+		log_warn("response not counted: out of memory", "tenant=%s", fr->tenant);
+		fr->scan_whole = 1;
+		return 0;
+	}
+	return rc < 0 ? -EBADMSG : 0;
+}
+
+/*
+ * The whole-body fallback: decode into a buffer counted against pool.memory_limit and scan it.
+ * Returns 0, -EBADMSG (corrupt) or -ENOMEM (no room in the pool: the body is relayed uncounted).
+ */
+static int scan_samples_whole(struct flow_req *fr)
+{
+	size_t clen = evbuffer_get_length(fr->samples), ulen;
 	const char *comp = (const char *)evbuffer_pullup(fr->samples, -1);
-	size_t ulen, n = 0, nq = fr->decoded->n_queries;
-	struct proto_scan *scan = NULL;
+	char *plain;
+	int rc;
+
+	if (snappy_uncompressed_length(comp, clen, &ulen) != SNAPPY_OK) {
+		snprintf(fr->scan_err, sizeof(fr->scan_err), "SAMPLES body is not snappy-compressed");
+		return -EBADMSG;
+	}
+	plain = pool_get_large(fr->f->pool, ulen ? ulen : 1);
+	if (!plain)
+		return -ENOMEM;
+	if (snappy_uncompress(comp, clen, plain, &ulen) != SNAPPY_OK) {
+		snprintf(fr->scan_err, sizeof(fr->scan_err), "SAMPLES body has corrupt snappy data");
+		rc = -EBADMSG;
+	} else {
+		proto_scan_free(fr->scan);
+		fr->scan = proto_scan_new(fr->decoded->n_queries);
+		rc = fr->scan ? 0 : -ENOMEM;
+		if (rc == 0) {
+			proto_scan_set_series_cb(fr->scan, on_series_labels, fr);
+			rc = proto_scan_feed(fr->scan, (const uint8_t *)plain, ulen, fr->scan_err, sizeof(fr->scan_err));
+		}
+	}
+	pool_put_large(fr->f->pool, plain);
+	return rc == -ENOMEM ? rc : rc < 0 ? -EBADMSG : 0;
+}
+
+/*
+ * Check and learn a complete SAMPLES body from its counts. Returns 0 to relay it, 1 when a limit
+ * refused it (the 422 is sent), or -EBADMSG with fr->scan_err when it is not a valid snappy
+ * ReadResponse.
+ */
+static int settle_samples(struct flow_req *fr)
+{
+	size_t clen = evbuffer_get_length(fr->samples), n = 0, nq = fr->decoded->n_queries;
 	const struct proto_scan_counts *counts;
-	char *plain = NULL;
 	uint64_t total_plain = 0;
 	int rc = 0;
 
-	if (clen == 0 || snappy_uncompressed_length(comp, clen, &ulen) != SNAPPY_OK) {
-		snprintf(err, errlen, "SAMPLES body is not snappy-compressed");
+	if (!fr->scan)
+		return 0; /* could not be counted (logged): relay it */
+	if (clen == 0) {
+		snprintf(fr->scan_err, sizeof(fr->scan_err), "empty SAMPLES body");
 		return -EBADMSG;
 	}
-	if (ulen > SCAN_DECODED_MAX) {
-		log_warn("response too large to count", "tenant=%s decoded_bytes=%zu", fr->tenant, ulen);
-		return 0;
-	}
-	plain = malloc(ulen ? ulen : 1);
-	scan = proto_scan_new(nq);
-	if (!plain || !scan) {
-		log_warn("response not counted: out of memory", "tenant=%s decoded_bytes=%zu", fr->tenant, ulen);
-		goto out;
-	}
-	proto_scan_set_series_cb(scan, on_series_labels, fr);
-	if (snappy_uncompress(comp, clen, plain, &ulen) != SNAPPY_OK) {
-		snprintf(err, errlen, "SAMPLES body has corrupt snappy data");
+	if (fr->scan_whole) {
+		rc = scan_samples_whole(fr);
+		if (rc == -ENOMEM) {
+			log_warn("response not counted: no room in the pool", "tenant=%s key=pool.memory_limit bytes=%zu",
+				 fr->tenant, clen);
+			return 0;
+		}
+	} else if ((rc = proto_snappy_finish(fr->snap, fr->scan_err, sizeof(fr->scan_err))) < 0) {
 		rc = -EBADMSG;
-		goto out;
 	}
-	rc = proto_scan_feed(scan, (const uint8_t *)plain, ulen, err, errlen);
-	if (rc == 0)
-		rc = proto_scan_finish(scan, err, errlen);
-	if (rc == -ENOMEM) {
-		log_warn("response not counted: out of memory", "tenant=%s decoded_bytes=%zu", fr->tenant, ulen);
-		rc = 0;
-		goto out;
-	}
-	if (rc < 0) {
+	if (rc == 0 && proto_scan_finish(fr->scan, fr->scan_err, sizeof(fr->scan_err)) < 0)
 		rc = -EBADMSG;
-		goto out;
-	}
-	counts = proto_scan_results(scan, &n);
+	if (rc < 0)
+		return rc;
+	counts = proto_scan_results(fr->scan, &n);
 	for (size_t i = 0; i < n; i++)
 		total_plain += counts[i].bytes;
 	for (size_t i = 0; i < n && i < nq; i++) {
@@ -546,11 +622,91 @@ static int settle_samples(struct flow_req *fr, char *err, size_t errlen)
 			rc = 1;
 		}
 	}
-	log_debug("response counted", "tenant=%s status=%d results=%zu bytes=%zu", fr->tenant, fr->status, n, clen);
-out:
-	proto_scan_free(scan);
-	free(plain);
+	log_debug("response counted", "tenant=%s status=%d results=%zu bytes=%zu whole=%d", fr->tenant, fr->status, n,
+		  clen, fr->scan_whole);
 	return rc;
+}
+
+/*
+ * A SAMPLES body over a limit before it is complete (series or samples counted so far): refuse
+ * it now, without holding the rest. Returns 1 when the request is finished.
+ */
+static int samples_over_limit_early(struct flow_req *fr)
+{
+	size_t n = 0;
+	const struct proto_scan_counts *c;
+	struct limiter_decision d;
+
+	if (!fr->scan || fr->scan_whole)
+		return 0;
+	c = proto_scan_results(fr->scan, &n);
+	for (size_t i = 0; i < n && i < fr->decoded->n_queries; i++) {
+		limiter_check_actual(&fr->in, c[i].series, c[i].samples + c[i].histograms, 0, &d);
+		if (d.verdict != LIMITER_REJECT)
+			continue;
+		/* learn what was seen (a lower bound) so a repeat is refused before the store */
+		learn_actual(fr, i, c[i].series, c[i].samples + c[i].histograms, fr->resp_bytes);
+		proxy_upstream_cancel(fr->ureq);
+		fr->ureq = NULL;
+		flow_req_landed(fr);
+		reply_rejected(fr, &fr->qs[i], &d);
+		flow_req_free(fr);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * A SAMPLES body is held whole until it is counted, so it must stay within its reservation: grow
+ * the reservation as the body grows, pausing the store while memory is short (waiting as a relay,
+ * which ranks above new intake). A body the whole pool cannot hold is refused (422).
+ */
+static void samples_reserve_more(struct flow_req *fr)
+{
+	uint64_t held = evbuffer_get_length(fr->samples) + 2 * SNAPPY_WINDOW;
+	uint64_t more = held > fr->reserved ? held - fr->reserved : 0;
+	struct limiter_decision d;
+	int rc;
+
+	if (more == 0) {
+		rc = 0;
+	} else {
+		if (more < RESERVE_STEP)
+			more = RESERVE_STEP;
+		rc = fr->reserved + more > (uint64_t)fr->conf->pool_memory_limit ? -E2BIG
+										: pool_reserve_grow(fr->f->pool, more);
+	}
+	if (rc == 0) {
+		fr->reserved += more;
+		if (fr->paused_mem) {
+			fr->paused_mem = 0;
+			if (!fr->paused)
+				proxy_upstream_resume(fr->ureq);
+		}
+		return;
+	}
+	if (rc == -EAGAIN) {
+		if (!fr->paused_mem) {
+			fr->paused_mem = 1;
+			proxy_upstream_pause(fr->ureq);
+		}
+		if (flow_wait_memory(fr, more, POOL_PRIO_RELAY) == 0)
+			return;
+	}
+	/* -E2BIG (or no memory even to wait): the body cannot be held */
+	memset(&d, 0, sizeof(d));
+	d.verdict = LIMITER_REJECT;
+	d.reason = "response_bytes";
+	snprintf(d.key, sizeof(d.key), "pool.memory_limit");
+	d.type = CONF_T_SIZE;
+	d.limit = fr->conf->pool_memory_limit;
+	d.value = held;
+	d.actual = 1;
+	proxy_upstream_cancel(fr->ureq);
+	fr->ureq = NULL;
+	flow_req_landed(fr);
+	reply_rejected(fr, &fr->qs[0], &d);
+	flow_req_free(fr);
 }
 
 static void on_upstream_head(void *arg, const struct http_msg *head)
@@ -564,7 +720,11 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 	if (ok && ct && strncasecmp(ct, "application/x-protobuf", 22) == 0) {
 		fr->relay = RELAY_SAMPLES;
 		fr->samples = evbuffer_new();
-		if (!fr->samples) {
+		fr->snap = proto_snappy_new(SNAPPY_WINDOW, SAMPLES_DECODED_MAX);
+		fr->scan = proto_scan_new(fr->decoded->n_queries);
+		if (fr->scan)
+			proto_scan_set_series_cb(fr->scan, on_series_labels, fr);
+		if (!fr->samples || !fr->snap || !fr->scan) {
 			proxy_upstream_cancel(fr->ureq);
 			fr->ureq = NULL;
 			flow_req_landed(fr);
@@ -575,6 +735,11 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 	}
 	if (ok && ct && strncasecmp(ct, "application/x-streamed-protobuf", 31) == 0) {
 		fr->relay = RELAY_STREAM;
+		if (fr->reserved > RESERVE_STREAM) {
+			/* reserved for a SAMPLES body; a stream only needs its relay buffers */
+			pool_release(fr->f->pool, fr->reserved - RESERVE_STREAM);
+			fr->reserved = RESERVE_STREAM;
+		}
 		fr->frames = proto_frame_reader_new(STREAM_MAX_FRAME, fr->decoded->n_queries);
 		if (fr->frames)
 			proto_frame_set_series_cb(fr->frames, on_series_labels, fr);
@@ -594,8 +759,9 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 	proxy_req_reply_start(fr->req, head->status, head->chunked ? -1 : head->content_length);
 }
 
-/* Feed every piece of <data> to the frame reader without copying it. */
-static int feed_frames(struct flow_req *fr, struct evbuffer *data, char *err, size_t errlen)
+/* Hand every piece of <data> to <fn> without copying it; stops at the first error. */
+static int feed_pieces(struct evbuffer *data, int (*fn)(struct flow_req *, const uint8_t *, size_t),
+		       struct flow_req *fr)
 {
 	struct evbuffer_iovec stack[32], *vec = stack;
 	int n = evbuffer_peek(data, -1, NULL, NULL, 0);
@@ -606,16 +772,21 @@ static int feed_frames(struct flow_req *fr, struct evbuffer *data, char *err, si
 	if (n > 32) {
 		vec = malloc((size_t)n * sizeof(*vec));
 		if (!vec) {
-			snprintf(err, errlen, "out of memory while counting frames");
+			snprintf(fr->scan_err, sizeof(fr->scan_err), "out of memory while counting");
 			return -ENOMEM;
 		}
 	}
 	n = evbuffer_peek(data, -1, NULL, vec, n);
 	for (int i = 0; i < n && rc == 0; i++)
-		rc = proto_frame_feed(fr->frames, vec[i].iov_base, vec[i].iov_len, err, errlen);
+		rc = fn(fr, vec[i].iov_base, vec[i].iov_len);
 	if (vec != stack)
 		free(vec);
 	return rc;
+}
+
+static int frame_piece(struct flow_req *fr, const uint8_t *data, size_t len)
+{
+	return proto_frame_feed(fr->frames, data, len, fr->scan_err, sizeof(fr->scan_err));
 }
 
 /* Learn what a stream carried per query (at its end, or when it is cut). */
@@ -650,13 +821,22 @@ static void on_upstream_body(void *arg, struct evbuffer *data)
 {
 	struct flow_req *fr = arg;
 	size_t len = evbuffer_get_length(data);
-	char err[256];
-
+	
 	fr->resp_bytes += len;
 	fr->f->stats.response_bytes += len;
 	metrics_add(METRICS_RESPONSE_BYTES, fr->tenant, NULL, (double)len);
 	switch (fr->relay) {
 	case RELAY_SAMPLES:
+		if (feed_pieces(data, scan_samples_piece, fr) < 0) {
+			proxy_upstream_cancel(fr->ureq);
+			fr->ureq = NULL;
+			flow_req_landed(fr);
+			reply_upstream_error(fr, 502, "corrupt_response", fr->scan_err);
+			flow_req_free(fr);
+			return;
+		}
+		if (samples_over_limit_early(fr))
+			return;
 		evbuffer_add_buffer(fr->samples, data);
 		/* the body is held until it is counted: past the byte limit it cannot be relayed anyway */
 		if (fr->resp_bytes > (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_RESPONSE_BYTES]) {
@@ -686,14 +866,16 @@ static void on_upstream_body(void *arg, struct evbuffer *data)
 			add_admit_header(fr);
 			proxy_req_reply_start(fr->req, fr->status, -1);
 			proxy_req_reply_chunk(fr->req, fr->samples);
+			return;
 		}
+		samples_reserve_more(fr);
 		return;
 	case RELAY_STREAM:
-		if (fr->frames && feed_frames(fr, data, err, sizeof(err)) < 0) {
+		if (fr->frames && feed_pieces(data, frame_piece, fr) < 0) {
 			proxy_upstream_cancel(fr->ureq);
 			fr->ureq = NULL;
 			flow_req_landed(fr);
-			cut_stream(fr, "corrupt_response", err);
+			cut_stream(fr, "corrupt_response", fr->scan_err);
 			flow_req_free(fr);
 			return;
 		}
@@ -733,9 +915,9 @@ static void on_upstream_done(void *arg)
 	fr->ureq = NULL;
 	flow_req_landed(fr);
 	if (fr->relay == RELAY_SAMPLES) {
-		rc = settle_samples(fr, err, sizeof(err));
+		rc = settle_samples(fr);
 		if (rc < 0)
-			reply_upstream_error(fr, 502, "corrupt_response", err);
+			reply_upstream_error(fr, 502, "corrupt_response", fr->scan_err);
 		if (rc == 0) {
 			proxy_req_add_header(fr->req, "Content-Type", "application/x-protobuf");
 			proxy_req_add_header(fr->req, "Content-Encoding", "snappy");
@@ -986,16 +1168,8 @@ static size_t upstream_headers(struct flow_req *fr, struct proxy_upstream_header
 /* 4. forward: every query is admitted (or shadow-rejected); capacity permitting, send the bytes. */
 static void flow_forward(struct flow_req *fr)
 {
-	static const struct proxy_upstream_cbs cbs = {
-		.on_head = on_upstream_head,
-		.on_body = on_upstream_body,
-		.on_done = on_upstream_done,
-		.on_error = on_upstream_error,
-	};
 	struct proxy_flow *f = fr->f;
 	const struct conf_limits *gl = &fr->conf->limits;
-	struct proxy_upstream_header hdrs[72];
-	char m3series[32], m3range[64];
 	struct limiter_decision d;
 	size_t nq = fr->decoded->n_queries;
 
@@ -1042,9 +1216,129 @@ static void flow_forward(struct flow_req *fr)
 	for (size_t i = 0; i < nq; i++)
 		if (fr->qs[i].decision.verdict == LIMITER_SHADOW_REJECT)
 			note_shadow(&fr->qs[i], &fr->qs[i].decision);
-	f->stats.queries += nq;
-	fr->forwarded = 1;
+	flow_reserve(fr);
+}
 
+/*
+ * Memory for the response, claimed from the pool before the store is asked: a SAMPLES body is
+ * held whole (the estimated bytes, at least RESERVE_MIN), a stream only its relay buffers. The
+ * response grows it if needed (samples_reserve_more).
+ */
+static uint64_t reservation_for(const struct flow_req *fr)
+{
+	const struct proto_request *r = fr->decoded;
+	uint64_t bytes = 0;
+
+	if (r->n_accepted_types && r->accepted_types[0] == PROTO_RESP_STREAMED_XOR_CHUNKS)
+		return RESERVE_STREAM;
+	for (size_t i = 0; i < r->n_queries; i++)
+		bytes += fr->qs[i].est.bytes;
+	return bytes < RESERVE_MIN ? RESERVE_MIN : bytes;
+}
+
+static void on_memory(void *arg)
+{
+	struct flow_req *fr = arg;
+
+	fr->waiter = NULL;
+	if (fr->ureq) {
+		samples_reserve_more(fr); /* a SAMPLES body waiting to grow */
+		return;
+	}
+	metrics_observe(METRICS_QUEUE_WAIT, (double)(pool_now_ms() - fr->wait_start_ms) / 1000.0);
+	flow_reserve(fr);
+}
+
+/* No memory within the deadline: 429 before the store is asked, or the body cannot be held. */
+static void on_memory_timeout(void *arg)
+{
+	struct flow_req *fr = arg;
+	struct proxy_flow *f = fr->f;
+	char lim[32], wait[32];
+
+	fr->waiter = NULL;
+	conf_format_value(CONF_T_SIZE, (int64_t)fr->conf->pool_memory_limit, lim, sizeof(lim));
+	conf_format_value(CONF_T_DURATION, pool_now_ms() - fr->wait_start_ms, wait, sizeof(wait));
+	if (fr->ureq) {
+		proxy_upstream_cancel(fr->ureq);
+		fr->ureq = NULL;
+		flow_req_landed(fr);
+	}
+	f->stats.requests++;
+	f->stats.rejected++;
+	count_request(429);
+	metrics_inc(METRICS_REJECTIONS, fr->tenant, "queue_timeout");
+	log_warn("over capacity", "tenant=%s reason=queue_timeout limit=pool.memory_limit value=%s waited=%s "
+		 "reserved=%llu", fr->tenant, lim, wait, (unsigned long long)fr->reserved);
+	proxy_req_add_header(fr->req, "Retry-After", "1");
+	proxy_req_add_header(fr->req, "X-Promguard-Decision", "reject; reason=queue_timeout; estimate=0; source=default");
+	proxy_req_reply_text(fr->req, 429, "promguard: over capacity: no memory for the response within %s "
+			     "(pool.memory_limit=%s, queue.max_wait)", wait, lim);
+	flow_req_free(fr);
+}
+
+/* Wait for <bytes> of the pool as <prio>, until queue.max_wait (never past upstream.timeout). */
+static int flow_wait_memory(struct flow_req *fr, uint64_t bytes, enum pool_priority prio)
+{
+	int64_t wait = fr->conf->queue_max_wait_ms < fr->conf->upstream_timeout_ms ? fr->conf->queue_max_wait_ms
+										   : fr->conf->upstream_timeout_ms;
+
+	if (!fr->wait_start_ms)
+		fr->wait_start_ms = pool_now_ms();
+	fr->waiter = pool_wait(fr->f->pool, bytes, prio, fr->wait_start_ms + wait, on_memory, on_memory_timeout, fr);
+	return fr->waiter ? 0 : -ENOMEM;
+}
+
+/* 4b. reserve the response's memory, waiting for it if needed; then send. */
+static void flow_reserve(struct flow_req *fr)
+{
+	uint64_t want = reservation_for(fr);
+	int rc = pool_reserve(fr->f->pool, want);
+	struct limiter_decision d;
+
+	if (rc == -E2BIG) {
+		/* more than the whole pool could ever hold: refuse it, as a response_bytes limit */
+		limiter_check_actual(&fr->in, 0, 0, want, &d);
+		if (d.verdict == LIMITER_ADMIT) {
+			memset(&d, 0, sizeof(d));
+			d.verdict = LIMITER_REJECT;
+			d.reason = "response_bytes";
+			d.type = CONF_T_SIZE;
+		}
+		snprintf(d.key, sizeof(d.key), "pool.memory_limit");
+		d.limit = fr->conf->pool_memory_limit;
+		d.value = want;
+		d.actual = 0;
+		reply_rejected(fr, &fr->qs[0], &d);
+		flow_req_free(fr);
+		return;
+	}
+	if (rc == -EAGAIN) {
+		if (flow_wait_memory(fr, want, POOL_PRIO_INTAKE) < 0) {
+			proxy_req_abort(fr->req);
+			flow_req_free(fr);
+		}
+		return;
+	}
+	fr->reserved = want;
+	flow_send(fr);
+}
+
+/* 4c. send the original bytes to the store. */
+static void flow_send(struct flow_req *fr)
+{
+	static const struct proxy_upstream_cbs cbs = {
+		.on_head = on_upstream_head,
+		.on_body = on_upstream_body,
+		.on_done = on_upstream_done,
+		.on_error = on_upstream_error,
+	};
+	struct proxy_flow *f = fr->f;
+	struct proxy_upstream_header hdrs[72];
+	char m3series[32], m3range[64];
+
+	f->stats.queries += fr->decoded->n_queries;
+	fr->forwarded = 1;
 	struct proxy_upstream_msg msg = {
 		.timeout_ms = fr->conf->upstream_timeout_ms,
 		.hdrs = hdrs,
@@ -1392,7 +1686,7 @@ out:
 /* --- lifecycle ----------------------------------------------------------------------------- */
 
 struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, struct proxy_upstream *probe_up,
-				  const char *probe_path)
+				  const char *probe_path, struct pool *pool)
 {
 	struct proxy_flow *f = calloc(1, sizeof(*f));
 	struct est_hint *hints = calloc(conf->n_est_hints + 1, sizeof(*hints));
@@ -1413,6 +1707,7 @@ struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, 
 	f->conf = conf_ref(conf);
 	f->up = up;
 	f->probe_up = probe_up;
+	f->pool = pool;
 	snprintf(f->probe_path, sizeof(f->probe_path), "%s", probe_path ? probe_path : "/api/v1/series");
 	metrics_set(METRICS_INFLIGHT, NULL, NULL, 0);
 	update_est_gauges(f);

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 struct conf;
+struct pool;
 struct evbuffer;
 struct proxy_flow;
 struct proxy_req;
@@ -33,10 +34,11 @@ struct proxy_flow_stats {
 
 /*
  * New request path over <conf> (a reference is taken), the store <up> (ref) and, when probes are
- * on, the series API pool <probe_up> (ref, may be NULL) at <probe_path>. NULL on ENOMEM.
+ * on, the series API pool <probe_up> (ref, may be NULL) at <probe_path>; every response reserves
+ * its memory from <pool> (ref). NULL on ENOMEM.
  */
 struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, struct proxy_upstream *probe_up,
-				  const char *probe_path);
+				  const char *probe_path, struct pool *pool);
 void proxy_flow_free(struct proxy_flow *f);
 
 /*

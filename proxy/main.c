@@ -20,6 +20,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "limiter/probe.h"
+#include "pool/pool.h"
 #include "proto/request.h"
 #include "proxy/admin.h"
 #include "proxy/conf.h"
@@ -46,6 +47,7 @@ struct app {
 	struct conf *conf;            /* the config in force (one reference) */
 	struct proxy_upstream *up;
 	struct proxy_upstream *probe_up; /* the store's series API; NULL with estimator.probe: off */
+	struct pool *pool;            /* every response's memory is reserved from it */
 	struct proxy_flow *flow;
 	struct proxy_server *data;    /* listen */
 	struct proxy_server *admin;   /* admin_listen; NULL when it equals listen */
@@ -180,6 +182,15 @@ static int cmd_decode(const char *path)
 
 /* --- running ------------------------------------------------------------------------------- */
 
+/* The pool's settings from a config (failure injection comes from the environment). */
+static void pool_settings_from(const struct conf *c, struct pool_settings *ps)
+{
+	memset(ps, 0, sizeof(*ps));
+	ps->memory_limit = (uint64_t)c->pool_memory_limit;
+	ps->low_watermark = (double)c->pool_low_watermark_ppm / 1e6;
+	ps->high_watermark = (double)c->pool_high_watermark_ppm / 1e6;
+}
+
 /* Apply log_level from <c> unless --log-level was given. */
 static int log_level_pinned;
 
@@ -294,6 +305,13 @@ static int app_reload(void *arg, struct evbuffer *errs)
 		rc = conf_keep_unreloadable(next, app->conf, msgs) < 0 ? -ENOMEM : 0;
 	if (rc == 0)
 		rc = proxy_flow_set_conf(app->flow, next);
+	if (rc == 0) {
+		struct pool_settings ps;
+		pool_settings_from(next, &ps); /* watermarks; memory_limit is kept by conf_keep_unreloadable */
+		char perr[128];
+		if (pool_env_apply(&ps, perr, sizeof(perr)) == 0)
+			rc = pool_configure(app->pool, &ps);
+	}
 	metrics_set(METRICS_CONFIG_RELOAD_OK, NULL, NULL, rc == 0);
 	/* errors (or, on success, warnings about kept keys): one log line each */
 	while ((line = evbuffer_readln(msgs, NULL, EVBUFFER_EOL_LF))) {
@@ -336,6 +354,7 @@ static void app_free(struct app *app)
 	proxy_flow_free(app->flow);
 	proxy_upstream_free(app->up);
 	proxy_upstream_free(app->probe_up);
+	pool_free(app->pool);
 	if (app->sig_term)
 		event_free(app->sig_term);
 	if (app->sig_int)
@@ -356,6 +375,7 @@ static int run(struct conf *conf)
 {
 	struct app app;
 	char err[512], probe_path[256];
+	struct pool_settings ps;
 	struct proxy_server_cbs data_cbs = { data_body_cap, data_handle };
 	struct proxy_server_cbs admin_cbs = { admin_body_cap, admin_handle };
 
@@ -403,8 +423,17 @@ static int run(struct conf *conf)
 			return 1;
 		}
 	}
-	app.flow = proxy_flow_new(conf, app.up, app.probe_up, app.probe_up ? probe_path : NULL);
-	app.admin_ctx = (struct proxy_admin){ .conf = conf, .flow = app.flow, .up = app.up, .started = time(NULL),
+	pool_settings_from(conf, &ps);
+	if (pool_env_apply(&ps, err, sizeof(err)) < 0 || !(app.pool = pool_new(app.base, &ps))) {
+		log_error("cannot start", "key=pool.memory_limit error=\"%s\"", app.pool ? "" : err[0] ? err : "out of memory");
+		app_free(&app);
+		return 1;
+	}
+	if (ps.fail_rate > 0 || ps.poison)
+		log_warn("pool failure injection on", "fail_rate=%.3f poison=%d", ps.fail_rate, ps.poison);
+	app.flow = proxy_flow_new(conf, app.up, app.probe_up, app.probe_up ? probe_path : NULL, app.pool);
+	app.admin_ctx = (struct proxy_admin){ .conf = conf, .flow = app.flow, .up = app.up, .pool = app.pool,
+					      .started = time(NULL),
 					      .reload = app_reload, .reload_arg = &app };
 	app.shared_listener = strcmp(conf->listen, conf->admin_listen) == 0;
 	app.data = proxy_server_new(app.base, "read", conf->listen, &data_cbs, &app, err, sizeof(err));

@@ -57,6 +57,22 @@ enum metrics_buckets {
 	  "Pool gets that found no free buffer.") \
 	X(POOL_REFILLS, "promguard_pool_refills_total", METRICS_COUNTER, "", METRICS_B_NONE, \
 	  "Background pool refills.") \
+	X(POOL_WAITS, "promguard_pool_waits_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Waits for pool memory (a get or reservation that found the limit reached).") \
+	X(POOL_WAIT_TIMEOUTS, "promguard_pool_wait_timeouts_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Waits for pool memory that reached their deadline.") \
+	X(POOL_WAITERS, "promguard_pool_waiters", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Requests waiting for pool memory now.") \
+	X(POOL_FAILED_GETS, "promguard_pool_failed_gets_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Gets and reservations refused because pool.memory_limit was reached.") \
+	X(POOL_PEAK, "promguard_pool_peak_in_use_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Highest pool memory in use since start.") \
+	X(POOL_RESERVED, "promguard_pool_reserved_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Pool memory reserved for responses being fetched or relayed.") \
+	X(POOL_CLASS_BYTES, "promguard_pool_class_bytes", METRICS_GAUGE, "class,state", METRICS_B_NONE, \
+	  "Pool class buffer bytes by class and state (free, in_use).") \
+	X(POOL_CLASS_GETS, "promguard_pool_class_gets_total", METRICS_COUNTER, "class,result", METRICS_B_NONE, \
+	  "Pool class gets by class and result (ok, on_empty, failed).") \
 	X(UPSTREAM_DURATION, "promguard_upstream_request_duration_seconds", METRICS_HISTOGRAM, "", METRICS_B_SECONDS, \
 	  "Time from sending a request to the store until its response is fully relayed.") \
 	X(UPSTREAM_ERRORS, "promguard_upstream_errors_total", METRICS_COUNTER, "kind", METRICS_B_NONE, \
