@@ -952,3 +952,64 @@ void pool_get_stats(const struct pool *p, struct pool_stats *out)
 		out->refills += k->refills;
 	}
 }
+
+/* --- arenas ------------------------------------------------------------------------------- */
+
+#define ARENA_ALIGN 16 /* max_align_t on the platforms we build for */
+#define ARENA_LINK ARENA_ALIGN /* each buffer starts with its list link, padded to the alignment */
+
+void pool_arena_init(struct pool_arena *a, struct pool *p)
+{
+	memset(a, 0, sizeof(*a));
+	a->pool = p;
+}
+
+void *pool_arena_alloc(struct pool_arena *a, size_t size)
+{
+	size_t block = pool_class_size(POOL_CLASS_SMALL);
+	size_t need = (size + ARENA_ALIGN - 1) & ~(size_t)(ARENA_ALIGN - 1);
+	char *p;
+
+	if (need == 0)
+		need = ARENA_ALIGN;
+	if (need > block / 4) {
+		/* a big piece (a decompressed body): its own large buffer */
+		p = pool_get_large(a->pool, ARENA_LINK + need);
+		if (!p)
+			return NULL;
+		*(void **)p = a->larges;
+		a->larges = p;
+		a->bytes += ARENA_LINK + need;
+		return p + ARENA_LINK;
+	}
+	if (!a->block || a->used + need > block) {
+		p = pool_get(a->pool, POOL_CLASS_SMALL);
+		if (!p)
+			return NULL;
+		*(void **)p = a->blocks;
+		a->blocks = p;
+		a->block = p;
+		a->used = ARENA_LINK;
+		a->bytes += block;
+	}
+	p = a->block + a->used;
+	a->used += need;
+	return p;
+}
+
+void pool_arena_release(struct pool_arena *a)
+{
+	while (a->blocks) {
+		void *next = *(void **)a->blocks;
+		pool_put(a->pool, a->blocks);
+		a->blocks = next;
+	}
+	while (a->larges) {
+		void *next = *(void **)a->larges;
+		pool_put_large(a->pool, a->larges);
+		a->larges = next;
+	}
+	a->block = NULL;
+	a->used = 0;
+	a->bytes = 0;
+}

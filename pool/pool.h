@@ -123,6 +123,26 @@ void pool_wait_cancel(struct pool_waiter *w);
  * (the watermarks were too low for the burst); a get refused at the limit counts in failed_gets
  * only. refills: refill passes that added buffers; trims: trim checks that gave some back.
  */
+/*
+ * An arena over the pool for many small allocations that die together (a decoded request and its
+ * strings): bump allocation inside SMALL buffers, larger pieces as large buffers, all returned by
+ * pool_arena_release(). Individual frees are no-ops. Embed it; zero it with pool_arena_init().
+ */
+struct pool_arena {
+	struct pool *pool;  /* (ref) */
+	char *block;        /* current SMALL buffer being filled */
+	size_t used;        /* bytes used in <block> */
+	void *blocks;       /* SMALL buffers, linked through their first word */
+	void *larges;       /* large buffers, linked through their first word */
+	uint64_t bytes;     /* pool bytes held by the arena */
+};
+
+void pool_arena_init(struct pool_arena *a, struct pool *p);
+/* <size> bytes aligned for any type, or NULL when the pool is at its limit. */
+void *pool_arena_alloc(struct pool_arena *a, size_t size) __attribute__((warn_unused_result));
+/* Give every buffer back; the arena is empty and reusable. */
+void pool_arena_release(struct pool_arena *a);
+
 struct pool_class_stats {
 	uint64_t free_bytes, in_use_bytes;
 	uint64_t gets, get_on_empty, failed_gets, refills, trims;

@@ -51,6 +51,13 @@
 #define RESERVE_STREAM (2u << 20)         /* a stream's relay buffers: read burst + client high water */
 #define RESERVE_STEP (1u << 20)           /* a growing SAMPLES body reserves at least this much more */
 
+/* What a request waiting for pool memory resumes when it may have it. */
+enum wait_stage {
+	WAIT_DECODE,  /* copying and decoding the request */
+	WAIT_RESERVE, /* reserving the response's memory before the store is asked */
+	WAIT_GROW,    /* growing a SAMPLES body's reservation while the store is paused */
+};
+
 /* How a response is relayed, decided from its status and Content-Type. */
 enum relay_mode {
 	RELAY_NONE,    /* no response head yet */
@@ -120,7 +127,10 @@ struct flow_req {
 	size_t probes_pending;
 	char tenant[TENANT_MAX + 1];
 	struct limiter_input in;          /* tenant, limits and config for the limiter */
-	uint8_t *body;                    /* contiguous request body, forwarded as is */
+	uint8_t *body;                    /* contiguous request body, forwarded as is (in body_arena) */
+	struct pool_arena body_arena;     /* the body copy: pool memory */
+	struct pool_arena arena;          /* the decoded request: pool memory */
+	enum wait_stage wait_stage;       /* what a pool wait resumes */
 	size_t body_len;
 	enum relay_mode relay;
 	int status;                       /* the store's status */
@@ -146,6 +156,10 @@ static void flow_reserve(struct flow_req *fr);
 static void flow_send(struct flow_req *fr);
 static void samples_reserve_more(struct flow_req *fr);
 static int flow_wait_memory(struct flow_req *fr, uint64_t bytes, enum pool_priority prio);
+static void flow_wait_stage(struct flow_req *fr, enum wait_stage stage, uint64_t bytes);
+static void flow_decode(struct flow_req *fr);
+static void on_client_drain(struct proxy_req *req, void *arg);
+static void on_client_close(struct proxy_req *req, void *arg);
 
 static double since(const struct timespec *t0)
 {
@@ -296,6 +310,8 @@ static void flow_req_free(struct flow_req *fr)
 	if (fr->reserved)
 		pool_release(fr->f->pool, fr->reserved);
 	proto_request_free(fr->decoded);
+	pool_arena_release(&fr->arena);
+	pool_arena_release(&fr->body_arena);
 	proto_frame_reader_free(fr->frames);
 	proto_snappy_free(fr->snap);
 	proto_scan_free(fr->scan);
@@ -303,7 +319,6 @@ static void flow_req_free(struct flow_req *fr)
 		evbuffer_free(fr->samples);
 	conf_unref(fr->conf);
 	free(fr->qs);
-	free(fr->body);
 	free(fr);
 }
 
@@ -690,6 +705,7 @@ static void samples_reserve_more(struct flow_req *fr)
 			fr->paused_mem = 1;
 			proxy_upstream_pause(fr->ureq);
 		}
+		fr->wait_stage = WAIT_GROW;
 		if (flow_wait_memory(fr, more, POOL_PRIO_RELAY) == 0)
 			return;
 	}
@@ -1241,12 +1257,28 @@ static void on_memory(void *arg)
 	struct flow_req *fr = arg;
 
 	fr->waiter = NULL;
-	if (fr->ureq) {
-		samples_reserve_more(fr); /* a SAMPLES body waiting to grow */
+	switch (fr->wait_stage) {
+	case WAIT_GROW:
+		samples_reserve_more(fr);
+		return;
+	case WAIT_DECODE:
+		flow_decode(fr);
+		return;
+	case WAIT_RESERVE:
+		metrics_observe(METRICS_QUEUE_WAIT, (double)(pool_now_ms() - fr->wait_start_ms) / 1000.0);
+		flow_reserve(fr);
 		return;
 	}
-	metrics_observe(METRICS_QUEUE_WAIT, (double)(pool_now_ms() - fr->wait_start_ms) / 1000.0);
-	flow_reserve(fr);
+}
+
+/* Wait for <bytes> before going on with <stage>; a failure to even wait drops the request. */
+static void flow_wait_stage(struct flow_req *fr, enum wait_stage stage, uint64_t bytes)
+{
+	fr->wait_stage = stage;
+	if (flow_wait_memory(fr, bytes, stage == WAIT_GROW ? POOL_PRIO_RELAY : POOL_PRIO_INTAKE) < 0) {
+		proxy_req_abort(fr->req);
+		flow_req_free(fr);
+	}
 }
 
 /* No memory within the deadline: 429 before the store is asked, or the body cannot be held. */
@@ -1314,10 +1346,7 @@ static void flow_reserve(struct flow_req *fr)
 		return;
 	}
 	if (rc == -EAGAIN) {
-		if (flow_wait_memory(fr, want, POOL_PRIO_INTAKE) < 0) {
-			proxy_req_abort(fr->req);
-			flow_req_free(fr);
-		}
+		flow_wait_stage(fr, WAIT_RESERVE, want);
 		return;
 	}
 	fr->reserved = want;
@@ -1362,11 +1391,8 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 	const char *hdr_tenant = proxy_req_header(req, c->tenant_header);
 	const char *tenant = hdr_tenant ? hdr_tenant : "default";
 	const char *why = NULL;
-	char line[700], err[512];
-	uint64_t size = 0;
+	char line[700];
 	struct flow_req *fr;
-	struct limiter_decision d;
-	int rc;
 
 	/* 1. receive: the request must be a POST of a body within the tenant's cap */
 	if (hdr_tenant && !tenant_valid(hdr_tenant, &why)) {
@@ -1407,18 +1433,55 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 	snprintf(fr->tenant, sizeof(fr->tenant), "%s", tenant);
 	fr->in = (struct limiter_input){ .conf = fr->conf, .tenant = fr->tenant,
 					 .limits = conf_limits_for(fr->conf, hdr_tenant) };
+	pool_arena_init(&fr->body_arena, f->pool);
+	pool_arena_init(&fr->arena, f->pool);
 	fr->body_len = evbuffer_get_length(proxy_req_body(req));
-	fr->body = malloc(fr->body_len ? fr->body_len : 1);
+	proxy_req_set_callbacks(req, on_client_drain, on_client_close, fr);
+	flow_decode(fr);
+}
+
+/* The request's allocator for decoding: its arena in the pool. Frees are no-ops. */
+static void *arena_alloc(void *ctx, size_t size)
+{
+	return pool_arena_alloc(ctx, size);
+}
+
+static void arena_free(void *ctx, void *ptr)
+{
+	(void)ctx;
+	(void)ptr;
+}
+
+/* 2. decode: snappy then protobuf, capped at limits.max_request_bytes both ways, in pool memory. */
+static void flow_decode(struct flow_req *fr)
+{
+	struct proxy_flow *f = fr->f;
+	struct proxy_req *req = fr->req;
+	struct proto_alloc alloc = { arena_alloc, arena_free, &fr->arena };
+	char line[700], err[512];
+	uint64_t size = 0;
+	struct limiter_decision d;
+	int rc;
+
 	if (!fr->body) {
-		proxy_req_abort(req);
-		flow_req_free(fr);
+		fr->body = pool_arena_alloc(&fr->body_arena, fr->body_len ? fr->body_len : 1);
+		if (!fr->body) {
+			flow_wait_stage(fr, WAIT_DECODE, fr->body_len + pool_class_size(POOL_CLASS_SMALL));
+			return;
+		}
+		evbuffer_remove(proxy_req_body(req), fr->body, fr->body_len);
+	}
+	rc = proto_request_decode(fr->body, fr->body_len, (size_t)fr->in.limits->v[CONF_LIMIT_MAX_REQUEST_BYTES], &alloc,
+				  &fr->decoded, &size, err, sizeof(err));
+	if (rc == -ENOMEM) {
+		/* the pool is at its limit: give back what the attempt took, wait, try again */
+		size_t ulen = 0;
+		pool_arena_release(&fr->arena);
+		if (snappy_uncompressed_length((const char *)fr->body, fr->body_len, &ulen) != SNAPPY_OK)
+			ulen = fr->body_len;
+		flow_wait_stage(fr, WAIT_DECODE, ulen + 4 * pool_class_size(POOL_CLASS_SMALL));
 		return;
 	}
-	evbuffer_remove(proxy_req_body(req), fr->body, fr->body_len);
-
-	/* 2. decode: snappy then protobuf, capped at limits.max_request_bytes both ways */
-	rc = proto_request_decode(fr->body, fr->body_len, (size_t)fr->in.limits->v[CONF_LIMIT_MAX_REQUEST_BYTES], NULL,
-				  &fr->decoded, &size, err, sizeof(err));
 	if (rc == -E2BIG) {
 		snprintf(line, sizeof(line), "promguard: request too large: %llu > %llu (limits.max_request_bytes)",
 			 (unsigned long long)size, (unsigned long long)fr->in.limits->v[CONF_LIMIT_MAX_REQUEST_BYTES]);
@@ -1485,8 +1548,6 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 		if (d.verdict == LIMITER_SHADOW_REJECT && fq->decision.verdict == LIMITER_ADMIT)
 			fq->decision = d;
 	}
-	proxy_req_set_callbacks(req, on_client_drain, on_client_close, fr);
-
 	/*
 	 * estimator.unknown=probe: ask the store's series API first when nothing is known, or when the
 	 * stats are only a lower bound (learned through narrower selectors). A failed probe keeps
