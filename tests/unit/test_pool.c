@@ -569,6 +569,38 @@ static void test_pool_free_drops_pending_waiters(void **state)
 
 /* --- large buffers and reservations ------------------------------------------------------ */
 
+static void test_arena_allocates_in_pool_memory_and_releases_it_all(void **state)
+{
+	struct ctx *x = *state;
+	struct pool_arena a;
+	struct pool_stats s;
+	char *small[64], *big;
+
+	make_pool(x, 4 * MIB);
+	pool_arena_init(&a, x->p);
+	for (int i = 0; i < 64; i++) {
+		small[i] = pool_arena_alloc(&a, 100);
+		assert_non_null(small[i]);
+		assert_int_equal((uintptr_t)small[i] % 16, 0);
+		memset(small[i], i, 100);
+	}
+	for (int i = 0; i < 64; i++)
+		assert_int_equal((unsigned char)small[i][99], i); /* no two pieces overlap */
+	big = pool_arena_alloc(&a, 512 * 1024);
+	assert_non_null(big);
+	memset(big, 7, 512 * 1024);
+	s = stats(x);
+	assert_int_equal(s.large_bytes, 512 * 1024 + 16);
+	assert_true(s.cls[POOL_CLASS_SMALL].in_use_bytes >= 64 * 112);
+	/* at the limit the arena fails instead of allocating */
+	assert_null(pool_arena_alloc(&a, 8 * MIB));
+	pool_arena_release(&a);
+	s = stats(x);
+	assert_int_equal(s.large_bytes, 0);
+	assert_int_equal(s.cls[POOL_CLASS_SMALL].in_use_bytes, 0);
+	pool_arena_release(&a); /* empty: a no-op */
+}
+
 static void test_large_buffers_count_against_the_limit(void **state)
 {
 	struct ctx *x = *state;
@@ -883,6 +915,7 @@ int main(void)
 		T(test_waiter_for_more_than_the_limit_does_not_block_others),
 		T(test_waiter_whose_bytes_fit_now_is_woken),
 		T(test_pool_free_drops_pending_waiters),
+		T(test_arena_allocates_in_pool_memory_and_releases_it_all),
 		T(test_large_buffers_count_against_the_limit),
 		T(test_reservations_count_against_the_limit),
 		T(test_lower_limit_fails_gets_until_use_drops),
