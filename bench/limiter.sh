@@ -12,6 +12,7 @@
 #   LIMITER_PER_CLASS=12                accuracy selectors per class per metric
 #   BENCH_RESULTS=bench/RESULTS.md      where the section goes ("" to skip writing it)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-/tmp/build-bench}
@@ -46,16 +47,6 @@ EOF
 
 printf '\n%s\n\n%s\n' "$TABLE" "$NOTES"
 if [ -n "$RESULTS" ]; then
-	tmp=$(mktemp "$RESULTS.XXXXXX")
-	if [ -f "$RESULTS" ]; then
-		# Everything but an earlier Limiter section (it ends at the next "## " heading).
-		awk -v s="$SECTION" '$0 == s { skip = 1; next } skip && /^## / { skip = 0 } !skip' "$RESULTS" |
-			sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' >"$tmp"
-	else
-		printf '# promguard benchmark results\n' >"$tmp"
-	fi
-	printf '\n%s\n\nWritten by `bench/limiter.sh`.\n\n%s\n\n%s\n' "$SECTION" "$TABLE" "$NOTES" >>"$tmp"
-	mv "$tmp" "$RESULTS"
-	chmod 644 "$RESULTS"
+	write_section "$RESULTS" "$SECTION" "bench/limiter.sh" "$TABLE" "$NOTES"
 	log "wrote the $SECTION section of $RESULTS"
 fi

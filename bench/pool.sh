@@ -16,6 +16,7 @@
 #   POOL_BATCHES=2000                   timed batches of 1,000 Get/Put pairs per shape
 #   BENCH_RESULTS=bench/RESULTS.md      where the section goes ("" to skip writing it)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-/tmp/build-bench}
@@ -57,17 +58,7 @@ NOTES_EOF
 
 printf '\n%s\n\n%s\n' "$TABLE" "$NOTES"
 if [ -n "$RESULTS" ]; then
-	tmp=$(mktemp "$RESULTS.XXXXXX")
-	if [ -f "$RESULTS" ]; then
-		# Everything but an earlier Pool section (it ends at the next "## " heading).
-		awk -v s="$SECTION" '$0 == s { skip = 1; next } skip && /^## / { skip = 0 } !skip' "$RESULTS" |
-			sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' >"$tmp"
-	else
-		printf '# promguard benchmark results\n' >"$tmp"
-	fi
-	printf '\n%s\n\nWritten by `bench/pool.sh`.\n\n%s\n\n%s\n' "$SECTION" "$TABLE" "$NOTES" >>"$tmp"
-	chmod 644 "$tmp" # mktemp made it 0600
-	mv "$tmp" "$RESULTS"
+	write_section "$RESULTS" "$SECTION" "bench/pool.sh" "$TABLE" "$NOTES"
 	log "wrote the $SECTION section of $RESULTS"
 fi
 exit "$STATUS"

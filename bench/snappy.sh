@@ -14,6 +14,7 @@
 #   SNAPPY_PIECE=65536                  compressed bytes per proto_snappy_feed call
 #   BENCH_RESULTS=bench/RESULTS.md      where the section goes ("" to skip writing it)
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-/tmp/build-bench}
@@ -51,16 +52,6 @@ EOF
 
 printf '\n%s\n\n%s\n' "$TABLE" "$NOTES"
 if [ -n "$RESULTS" ]; then
-	tmp=$(mktemp "$RESULTS.XXXXXX")
-	if [ -f "$RESULTS" ]; then
-		# Everything but an earlier Windowed snappy section (it ends at the next "## " heading).
-		awk -v s="$SECTION" '$0 == s { skip = 1; next } skip && /^## / { skip = 0 } !skip' "$RESULTS" |
-			sed -e :a -e '/^\n*$/{$d;N;ba' -e '}' >"$tmp"
-	else
-		printf '# promguard benchmark results\n' >"$tmp"
-	fi
-	printf '\n%s\n\nWritten by `bench/snappy.sh`.\n\n%s\n\n%s\n' "$SECTION" "$TABLE" "$NOTES" >>"$tmp"
-	mv "$tmp" "$RESULTS"
-	chmod 644 "$RESULTS"
+	write_section "$RESULTS" "$SECTION" "bench/snappy.sh" "$TABLE" "$NOTES"
 	log "wrote the $SECTION section of $RESULTS"
 fi
