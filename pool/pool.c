@@ -33,8 +33,13 @@ struct class_def {
 };
 
 static const struct class_def class_defs[POOL_CLASS__COUNT] = {
-	[POOL_CLASS_SMALL] = { "small", 4096, 0.02, 8, 65536 },
-	[POOL_CLASS_SEGMENT] = { "segment", 65536, 0.20, 2, 16384 },
+	/*
+	 * Caps from what the proxy holds: small buffers back request arenas (a few per request in
+	 * flight), segments the relay of the largest pieces. A ready buffer costs a resident page
+	 * (its header), so the ready set is kept to what traffic uses, not to a share of a large limit.
+	 */
+	[POOL_CLASS_SMALL] = { "small", 4096, 0.02, 8, 1024 },
+	[POOL_CLASS_SEGMENT] = { "segment", 65536, 0.20, 2, 256 },
 };
 
 /* --- buffers --------------------------------------------------------------------------------- */
