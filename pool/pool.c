@@ -493,6 +493,8 @@ void pool_wait_cancel(struct pool_waiter *w)
  * The refill event: top up every class that fell to its low watermark to its high watermark,
  * within the limit minus promised bytes. Runs on the loop, never inside a get.
  */
+static void refill_if_low(struct pool *p);
+
 static void refill_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct pool *p = arg;
@@ -689,6 +691,7 @@ void pool_put_large(struct pool *p, void *buf)
 	free(h);
 	if (p->nwaiters)
 		wake_scan(p);
+	refill_if_low(p);
 }
 
 /* Reservation of <bytes> more: shared by pool_reserve and pool_reserve_grow. */
@@ -719,6 +722,25 @@ int pool_reserve_grow(struct pool *p, uint64_t more)
 }
 
 /* Give back <bytes> of the reservations; released bytes are offered to waiters at once. */
+/*
+ * Memory came back: a class whose ready buffers were given up to make room (make_room) is
+ * refilled to its watermark from the loop, once waiters have had their share.
+ */
+static void refill_if_low(struct pool *p)
+{
+	int want = 0;
+
+	for (int c = 0; c < POOL_CLASS__COUNT; c++) {
+		struct pool_cls *k = &p->cls[c];
+		if (k->nfree <= k->low && !k->refill_wanted) {
+			k->refill_wanted = 1;
+			want = 1;
+		}
+	}
+	if (want)
+		schedule_refill(p);
+}
+
 void pool_release(struct pool *p, uint64_t bytes)
 {
 	assert(bytes <= p->reserved);
@@ -728,6 +750,7 @@ void pool_release(struct pool *p, uint64_t bytes)
 	p->in_use -= bytes; /* reservations are counters: nothing to free */
 	if (p->nwaiters)
 		wake_scan(p);
+	refill_if_low(p);
 }
 
 /* --- settings and lifecycle ------------------------------------------------------------------ */

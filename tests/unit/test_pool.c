@@ -569,6 +569,28 @@ static void test_pool_free_drops_pending_waiters(void **state)
 
 /* --- large buffers and reservations ------------------------------------------------------ */
 
+static void test_class_given_up_for_a_reservation_is_refilled_after_release(void **state)
+{
+	struct ctx *x = *state;
+	const uint64_t limit = 8 * MIB;
+	uint64_t before;
+	struct pool_stats s;
+
+	make_pool(x, limit);
+	run_loop(x);
+	before = stats(x).cls[POOL_CLASS_SEGMENT].free_bytes;
+	assert_true(before > 0);
+	/* a reservation of nearly everything makes the pool give its ready segments back */
+	assert_int_equal(pool_reserve(x->p, limit - 64 * 1024), 0);
+	s = stats(x);
+	assert_true(held(&s) <= limit);
+	assert_true(s.cls[POOL_CLASS_SEGMENT].free_bytes < before);
+	pool_release(x->p, limit - 64 * 1024);
+	run_loop(x);
+	/* ...and takes them back up to its watermark once the memory returns */
+	assert_true(stats(x).cls[POOL_CLASS_SEGMENT].free_bytes >= before);
+}
+
 static void test_arena_allocates_in_pool_memory_and_releases_it_all(void **state)
 {
 	struct ctx *x = *state;
@@ -915,6 +937,7 @@ int main(void)
 		T(test_waiter_for_more_than_the_limit_does_not_block_others),
 		T(test_waiter_whose_bytes_fit_now_is_woken),
 		T(test_pool_free_drops_pending_waiters),
+		T(test_class_given_up_for_a_reservation_is_refilled_after_release),
 		T(test_arena_allocates_in_pool_memory_and_releases_it_all),
 		T(test_large_buffers_count_against_the_limit),
 		T(test_reservations_count_against_the_limit),
