@@ -523,6 +523,38 @@ static int over_limit(struct flow_req *fr, size_t qi, uint64_t series, uint64_t 
 	return d->verdict == LIMITER_REJECT;
 }
 
+/*
+ * Hold SAMPLES bytes packed in full 64 KiB chains. Moving the arriving chains instead would keep
+ * libevent's partly filled ones: a chunked body (Prometheus sends large SAMPLES chunked) splits a
+ * chain at every chunk boundary, and the held body came to about twice its size (massif, 34 MB
+ * body: 49 MB in remove_buffer copies + 43 MB of read chains). One memcpy per byte is cheaper.
+ */
+#define HOLD_CHAIN (64 * 1024 - 256) /* payload that keeps a chain one 64 KiB allocation */
+
+static void hold_packed(struct evbuffer *dst, struct evbuffer *src)
+{
+	size_t len;
+
+	while ((len = evbuffer_get_length(src)) > 0) {
+		struct evbuffer_iovec v[2];
+		size_t want = len < HOLD_CHAIN ? len : HOLD_CHAIN, left;
+		int n = evbuffer_reserve_space(dst, want, v, 2);
+
+		if (n <= 0) {
+			evbuffer_add_buffer(dst, src); /* out of memory: keep the bytes, unpacked */
+			return;
+		}
+		left = want;
+		for (int i = 0; i < n; i++) {
+			size_t take = v[i].iov_len < left ? v[i].iov_len : left;
+			evbuffer_remove(src, v[i].iov_base, take);
+			v[i].iov_len = take;
+			left -= take;
+		}
+		evbuffer_commit_space(dst, v, n);
+	}
+}
+
 /* Decoded SAMPLES bytes go straight to the incremental scanner. */
 static int scan_piece(void *ctx, const uint8_t *data, size_t len)
 {
@@ -688,8 +720,9 @@ static void samples_reserve_more(struct flow_req *fr)
 	} else {
 		if (more < RESERVE_STEP)
 			more = RESERVE_STEP;
-		rc = fr->reserved + more > (uint64_t)fr->conf->pool_memory_limit ? -E2BIG
-										: pool_reserve_grow(fr->f->pool, more);
+		/* what this request alone would hold; past the limit no amount of waiting helps */
+		uint64_t own = fr->reserved + fr->arena.bytes + fr->body_arena.bytes + more;
+		rc = own > (uint64_t)fr->conf->pool_memory_limit ? -E2BIG : pool_reserve_grow(fr->f->pool, more);
 	}
 	if (rc == 0) {
 		fr->reserved += more;
@@ -853,7 +886,7 @@ static void on_upstream_body(void *arg, struct evbuffer *data)
 		}
 		if (samples_over_limit_early(fr))
 			return;
-		evbuffer_add_buffer(fr->samples, data);
+		hold_packed(fr->samples, data);
 		/* the body is held until it is counted: past the byte limit it cannot be relayed anyway */
 		if (fr->resp_bytes > (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_RESPONSE_BYTES]) {
 			struct limiter_decision d;

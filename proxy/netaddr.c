@@ -102,8 +102,12 @@ void netaddr_tune_socket(int fd)
 		(void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-/* Reservation per readv: below glibc's mmap threshold, so buffers come from the heap. */
-#define READ_IOVEC (64 * 1024)
+/*
+ * Reservation per readv. libevent rounds a chain's allocation (payload + its header) up to a
+ * power of two, so asking for a round 64 KiB would malloc 128 KiB and hold every body twice over;
+ * leaving room for the header keeps each chain one 64 KiB block.
+ */
+#define READ_IOVEC (64 * 1024 - 256)
 
 void netaddr_read_burst(struct bufferevent *bev, size_t max)
 {
