@@ -293,6 +293,38 @@ static void inflight_leave(struct flow_req *fr)
 
 /* --- lifecycle of a request ----------------------------------------------------------------- */
 
+/* A reservation handed to the client connection: released once its reply is written out. */
+struct sent_hold {
+	struct pool *pool;  /* (ref) */
+	uint64_t bytes;
+};
+
+static void release_hold(void *arg)
+{
+	struct sent_hold *h = arg;
+
+	pool_release(h->pool, h->bytes);
+	free(h);
+}
+
+/*
+ * The reply (a SAMPLES body, a stream's tail) may still sit in the client's output buffer: keep
+ * its reservation until the connection has written it, so a slow client's bytes stay counted
+ * against pool.memory_limit. Without a live client, release now.
+ */
+static void release_when_sent(struct flow_req *fr)
+{
+	struct sent_hold *h = fr->req ? malloc(sizeof(*h)) : NULL;
+
+	if (!h) {
+		pool_release(fr->f->pool, fr->reserved);
+	} else {
+		*h = (struct sent_hold){ fr->f->pool, fr->reserved };
+		proxy_req_on_done(fr->req, release_hold, h);
+	}
+	fr->reserved = 0;
+}
+
 /* End of the request's life: cancel what is pending, then free. The client reply is given. */
 static void flow_req_free(struct flow_req *fr)
 {
@@ -308,7 +340,7 @@ static void flow_req_free(struct flow_req *fr)
 	inflight_leave(fr);
 	pool_wait_cancel(fr->waiter);
 	if (fr->reserved)
-		pool_release(fr->f->pool, fr->reserved);
+		release_when_sent(fr);
 	proto_request_free(fr->decoded);
 	pool_arena_release(&fr->arena);
 	pool_arena_release(&fr->body_arena);
@@ -1342,13 +1374,18 @@ static void on_memory_timeout(void *arg)
 	flow_req_free(fr);
 }
 
-/* Wait for <bytes> of the pool as <prio>, until queue.max_wait (never past upstream.timeout). */
+/*
+ * Wait for <bytes> of the pool, at most queue.max_wait (never past upstream.timeout). Before the
+ * store is asked (decode, reserve: intake priority) the waits add up from the first one. A SAMPLES
+ * body that must grow is an admitted response draining (relay priority, ahead of new intake): its
+ * wait starts when it had to stop, and ends as a 429 naming the pool rather than a store timeout.
+ */
 static int flow_wait_memory(struct flow_req *fr, uint64_t bytes, enum pool_priority prio)
 {
-	int64_t wait = fr->conf->queue_max_wait_ms < fr->conf->upstream_timeout_ms ? fr->conf->queue_max_wait_ms
-										   : fr->conf->upstream_timeout_ms;
+	const struct conf *c = fr->conf;
+	int64_t wait = c->queue_max_wait_ms < c->upstream_timeout_ms ? c->queue_max_wait_ms : c->upstream_timeout_ms;
 
-	if (!fr->wait_start_ms)
+	if (prio == POOL_PRIO_RELAY || !fr->wait_start_ms)
 		fr->wait_start_ms = pool_now_ms();
 	fr->waiter = pool_wait(fr->f->pool, bytes, prio, fr->wait_start_ms + wait, on_memory, on_memory_timeout, fr);
 	return fr->waiter ? 0 : -ENOMEM;

@@ -48,6 +48,8 @@ struct proxy_req {
 	void (*on_drain)(struct proxy_req *, void *);
 	void (*on_close)(struct proxy_req *, void *);
 	void *cb_arg;
+	void (*on_done)(void *);   /* proxy_req_on_done: runs once, when the request is freed */
+	void *done_arg;
 };
 
 struct proxy_conn {
@@ -94,6 +96,8 @@ static void req_free(struct proxy_req *r)
 {
 	if (!r)
 		return;
+	if (r->on_done)
+		r->on_done(r->done_arg);
 	http_msg_clear(&r->head);
 	if (r->body)
 		evbuffer_free(r->body);
@@ -318,6 +322,12 @@ void proxy_req_abort(struct proxy_req *r)
 	 */
 	c->close_after = 1;
 	conn_reply_done(c);
+}
+
+void proxy_req_on_done(struct proxy_req *r, void (*fn)(void *), void *arg)
+{
+	r->on_done = fn;
+	r->done_arg = arg;
 }
 
 size_t proxy_req_output_pending(const struct proxy_req *r)

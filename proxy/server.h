@@ -101,6 +101,13 @@ void proxy_req_reply_end(struct proxy_req *req);
  * an error and never a truncated success. Before reply_start it just closes. Final call. */
 void proxy_req_abort(struct proxy_req *req);
 
+/*
+ * Run <fn>(<arg>) once, when the request is over for the connection: its reply fully written to
+ * the socket, or the connection gone. May be set after the final call (the request lives until
+ * its reply is flushed); a handler uses it to keep accounting for bytes still in flight.
+ */
+void proxy_req_on_done(struct proxy_req *req, void (*fn)(void *), void *arg);
+
 /* Bytes waiting to be written to the client. */
 size_t proxy_req_output_pending(const struct proxy_req *req);
 
