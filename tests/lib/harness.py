@@ -1006,3 +1006,33 @@ def assert_admitted(tc, resp, *, source=None, estimate=None, status=200):
     if estimate is not None:
         tc.assertEqual(kv.get("estimate"), str(estimate), resp.header("X-Promguard-Decision"))
     return kv
+
+
+# --------------------------------------------------------------------------------------------
+# extra environment for promguard (debug settings: PROMGUARD_POOL_FAIL_RATE, PROMGUARD_POOL_POISON)
+
+class EnvPromguard(Promguard):
+    """Promguard whose process gets extra environment variables on top of the test's own:
+
+        pg = H.EnvPromguard.start(self, store.url, config, env={"PROMGUARD_POOL_FAIL_RATE": "0.3"})
+
+    Everything else is Promguard's (a value of None removes that variable)."""
+
+    env = {}
+
+    @classmethod
+    def start(cls, testcase, upstream_url, config=None, timeout=10, wait_ready=False, env=None):
+        bound = type(cls.__name__, (cls,), {"env": dict(cls.env, **(env or {}))})
+        return super(EnvPromguard, bound).start(testcase, upstream_url, config, timeout, wait_ready)
+
+    def _spawn(self):
+        environ = dict(os.environ)
+        for k, v in self.env.items():
+            if v is None:
+                environ.pop(k, None)
+            else:
+                environ[k] = str(v)
+        err = open(self.log_path, "wb")
+        self.proc = subprocess.Popen([_env_bin("PROMGUARD_BIN"), "-c", self.cfg_path],
+                                     stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=environ)
+        err.close()
