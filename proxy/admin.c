@@ -46,6 +46,9 @@ static void refresh_pool_metrics(const struct pool *p)
 		metrics_set(METRICS_POOL_CLASS_GETS, name, "ok", (double)(cs->gets - cs->failed_gets));
 		metrics_set(METRICS_POOL_CLASS_GETS, name, "on_empty", (double)cs->get_on_empty);
 		metrics_set(METRICS_POOL_CLASS_GETS, name, "failed", (double)cs->failed_gets);
+		metrics_set(METRICS_POOL_CLASS_REFILLS, name, NULL, (double)cs->refills);
+		metrics_set(METRICS_POOL_CLASS_TRIMS, name, NULL, (double)cs->trims);
+		metrics_set(METRICS_POOL_CLASS_PEAK, name, NULL, (double)cs->peak_in_use_bytes);
 	}
 }
 

@@ -73,6 +73,12 @@ enum metrics_buckets {
 	  "Pool class buffer bytes by class and state (free, in_use).") \
 	X(POOL_CLASS_GETS, "promguard_pool_class_gets_total", METRICS_COUNTER, "class,result", METRICS_B_NONE, \
 	  "Pool class gets by class and result (ok, on_empty, failed).") \
+	X(POOL_CLASS_REFILLS, "promguard_pool_class_refills_total", METRICS_COUNTER, "class", METRICS_B_NONE, \
+	  "Refill passes per class (ready buffers topped up to the high watermark on the loop).") \
+	X(POOL_CLASS_TRIMS, "promguard_pool_class_trims_total", METRICS_COUNTER, "class", METRICS_B_NONE, \
+	  "Trims per class (ready buffers above the high watermark given back).") \
+	X(POOL_CLASS_PEAK, "promguard_pool_class_peak_in_use_bytes", METRICS_GAUGE, "class", METRICS_B_NONE, \
+	  "Highest bytes of a class in use since start.") \
 	X(UPSTREAM_DURATION, "promguard_upstream_request_duration_seconds", METRICS_HISTOGRAM, "", METRICS_B_SECONDS, \
 	  "Time from sending a request to the store until its response is fully relayed.") \
 	X(UPSTREAM_ERRORS, "promguard_upstream_errors_total", METRICS_COUNTER, "kind", METRICS_B_NONE, \
