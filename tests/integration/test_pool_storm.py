@@ -343,7 +343,8 @@ class PoolStormTest(unittest.TestCase):
             if o.resp.status == 429:
                 # answered when its wait expired: not at once, and not long after max_wait (1s)
                 self.assertGreaterEqual(o.elapsed, 0.9, o.describe())
-                self.assertLess(o.elapsed, 3.0, o.describe())
+                # a sanitizer build runs several times slower: the bound scales, the wait does not
+                self.assertLess(o.elapsed, 9.0 if H.sanitized(pg.pid) else 3.0, o.describe())
         self.assertEqual(before.delta("promguard_rejections_total", reason="queue_timeout"), n429)
         self.assertGreaterEqual(before.delta("promguard_pool_wait_timeouts_total"), n429)
         print(f"\n  oversubscribed: {len(outs)} clients in {elapsed:.1f}s: {got.count('200')} x 200, "
