@@ -234,7 +234,12 @@ class PoolFaultsTest(unittest.TestCase):
                            f"nothing got through: {outcomes}")
         self.assertGreater(before.delta("promguard_pool_failed_gets_total"), 0, "no get failed")
         self.assertGreater(before.delta("promguard_pool_waits_total"), 0, "no request waited")
-        self.assertEqual(timeouts, n429)
+        # a client that hung up while waiting may still have its wait time out (and be counted)
+        # before promguard reads its FIN: the counter lies between what clients saw and that
+        # plus the hang-ups
+        hangups = len(outcomes.get("hangup_waiting", []))
+        self.assertGreaterEqual(timeouts, n429)
+        self.assertLessEqual(timeouts, n429 + hangups)
 
         def drained():
             m = pg.metrics()
