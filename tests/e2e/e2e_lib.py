@@ -20,6 +20,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import promrr
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("PROMGUARD_SRC") or os.path.abspath(os.path.join(HERE, "..", ".."))
 GENERATOR = os.path.join(HERE, "gen_openmetrics.py")
@@ -167,25 +169,13 @@ def start_prometheus(name, workdir, port, tsdb_dir=None, remote_read_url=None, e
 # --- remote write (to make a store grow while it runs) -------------------------------------
 # Needs the store started with extra=["--web.enable-remote-write-receiver"].
 
-def _uvarint(n):
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def _pb_len(field, payload):
-    return _uvarint(field << 3 | 2) + _uvarint(len(payload)) + payload
+    return promrr.uvarint(field << 3 | 2) + promrr.uvarint(len(payload)) + payload
 
 
 def _snappy_literal(data):
     """Snappy block of literals only (valid for any decoder)."""
-    out = bytearray(_uvarint(len(data)))
+    out = bytearray(promrr.uvarint(len(data)))
     for i in range(0, len(data), 65536):
         chunk = data[i:i + 65536]
         n = len(chunk) - 1
@@ -208,7 +198,7 @@ def encode_write_request(series):
         for k in sorted(labels):
             ts += _pb_len(1, _pb_len(1, k.encode()) + _pb_len(2, str(labels[k]).encode()))
         for t_ms, v in samples:
-            sample = b"\x09" + struct.pack("<d", float(v)) + b"\x10" + _uvarint(int(t_ms) & (2**64 - 1))
+            sample = b"\x09" + struct.pack("<d", float(v)) + b"\x10" + promrr.uvarint(int(t_ms) & (2**64 - 1))
             ts += _pb_len(2, sample)
         body += _pb_len(1, bytes(ts))
     return bytes(body)

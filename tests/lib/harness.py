@@ -657,13 +657,18 @@ class Promguard:
                     raise AssertionError("promguard could not bind the configured port") from None
         raise AssertionError("promguard could not bind free ports three times")
 
+    @staticmethod
+    def _yaml(cfg):
+        """The config file's text (subclasses may write richer YAML)."""
+        return to_yaml(cfg)
+
     @classmethod
     def _start_once(cls, testcase, upstream_url, config, timeout, wait_ready):
         cfg = merge(cls.default_config(upstream_url), config or {})
         logdir = tempfile.mkdtemp(prefix="promguard-")
         cfg_path = os.path.join(logdir, "promguard.yml")
         with open(cfg_path, "w") as f:
-            f.write(to_yaml(cfg) + "\n")
+            f.write(cls._yaml(cfg) + "\n")
         pg = cls(cfg, cfg_path, logdir)
         pg._spawn()
         _register_cleanup(testcase, lambda: pg.stop(testcase=testcase))
@@ -851,28 +856,9 @@ class AdmissionPromguard(Promguard):
     The config is written with to_yaml_any(); everything else is Promguard's.
     """
 
-    @classmethod
-    def _start_once(cls, testcase, upstream_url, config, timeout, wait_ready):
-        cfg = merge(cls.default_config(upstream_url), config or {})
-        logdir = tempfile.mkdtemp(prefix="promguard-")
-        cfg_path = os.path.join(logdir, "promguard.yml")
-        with open(cfg_path, "w") as f:
-            f.write(to_yaml_any(cfg) + "\n")
-        pg = cls(cfg, cfg_path, logdir)
-        pg._spawn()
-        _register_cleanup(testcase, lambda: pg.stop(testcase=testcase))
-        try:
-            pg.wait_healthy(timeout)
-            if wait_ready:
-                wait_until(lambda: pg.admin_get("/-/ready").status == 200, timeout, 0.1, "/-/ready 200")
-        except BaseException:
-            if pg.proc.poll() is not None and "Address already in use" in pg.log():
-                pg.stopped = True
-                raise _PortTaken() from None
-            pg.dump("did not become healthy")
-            pg.kill()
-            raise
-        return pg
+    @staticmethod
+    def _yaml(cfg):
+        return to_yaml_any(cfg)
 
     def rewrite_config(self, changes=None, text=None):
         """Write a new config file: <changes> deep-merged over the running one, or raw <text>."""
