@@ -20,7 +20,9 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-import promrr
+# tests/lib holds promrr; the demo imports this module without ctest's PYTHONPATH
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import promrr  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.environ.get("PROMGUARD_SRC") or os.path.abspath(os.path.join(HERE, "..", ".."))
