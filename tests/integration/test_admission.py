@@ -10,7 +10,6 @@ import re
 import time
 import unittest
 import urllib.parse
-import uuid
 
 import harness as H
 import promrr
@@ -21,8 +20,7 @@ RANGE_TXT = "[2023-11-14T22:13:20.000Z,2023-11-14T23:13:20.000Z]"
 METRIC_NAME_WHAT = "limits.require_metric_name=true: no __name__ equality or bounded __name__ regex"
 
 
-def tag():
-    return uuid.uuid4().hex[:10]
+tag = H.tag
 
 
 def sel(labels):

@@ -14,13 +14,11 @@ propagated to an m3coordinator.
 import threading
 import time
 import unittest
-import uuid
 
 import harness as H
 
 
-def tag():
-    return uuid.uuid4().hex[:10]
+tag = H.tag
 
 
 class EnforcementTest(unittest.TestCase):

@@ -7,7 +7,6 @@ import signal
 import socket
 import threading
 import unittest
-import uuid
 
 import harness as H
 import promrr
@@ -17,8 +16,7 @@ START_MS = START_S * 1000
 END_MS = START_MS + 3_600_000
 
 
-def tag():
-    return uuid.uuid4().hex[:10]
+tag = H.tag
 
 
 class ExplainTest(unittest.TestCase):

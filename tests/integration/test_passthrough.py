@@ -2,13 +2,11 @@
 
 import socket
 import unittest
-import uuid
 
 import harness as H
 
 
-def tag():
-    return uuid.uuid4().hex[:12]
+tag = H.tag
 
 
 class PassthroughTest(unittest.TestCase):

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 import urllib.parse
 
 import promrr
@@ -486,7 +487,8 @@ def _yaml_scalar(v):
 
 
 def to_yaml(d, indent=0):
-    """Block-style YAML for nested dicts of scalars (and lists of scalars)."""
+    """Block-style YAML for nested dicts of scalars, lists of scalars and lists of dicts
+    (rules[]: `- name: x` blocks)."""
     pad = "  " * indent
     out = []
     for k, v in d.items():
@@ -497,11 +499,25 @@ def to_yaml(d, indent=0):
             else:
                 out.append(f"{pad}{k}: {{}}")
         elif isinstance(v, list):
+            if not v:
+                out.append(f"{pad}{k}: []")
+                continue
             out.append(f"{pad}{k}:")
-            out.extend(f"{pad}  - {_yaml_scalar(x)}" for x in v)
+            for x in v:
+                if isinstance(x, dict):
+                    body = to_yaml(x, indent + 2).split("\n")
+                    out.append(f"{pad}  - " + body[0].lstrip())
+                    out.extend(body[1:])
+                else:
+                    out.append(f"{pad}  - {_yaml_scalar(x)}")
         else:
             out.append(f"{pad}{k}: {_yaml_scalar(v)}")
     return "\n".join(out)
+
+
+def tag():
+    """A fresh value for the fake store's `tag` label: tells this test's requests apart in /stats."""
+    return uuid.uuid4().hex[:12]
 
 
 def merge(a, b):
@@ -657,18 +673,13 @@ class Promguard:
                     raise AssertionError("promguard could not bind the configured port") from None
         raise AssertionError("promguard could not bind free ports three times")
 
-    @staticmethod
-    def _yaml(cfg):
-        """The config file's text (subclasses may write richer YAML)."""
-        return to_yaml(cfg)
-
     @classmethod
     def _start_once(cls, testcase, upstream_url, config, timeout, wait_ready):
         cfg = merge(cls.default_config(upstream_url), config or {})
         logdir = tempfile.mkdtemp(prefix="promguard-")
         cfg_path = os.path.join(logdir, "promguard.yml")
         with open(cfg_path, "w") as f:
-            f.write(cls._yaml(cfg) + "\n")
+            f.write(to_yaml(cfg) + "\n")
         pg = cls(cfg, cfg_path, logdir)
         pg._spawn()
         _register_cleanup(testcase, lambda: pg.stop(testcase=testcase))
@@ -822,43 +833,15 @@ def url_query(**params):
 # --------------------------------------------------------------------------------------------
 # admission (limits, rules, estimator): config with rules[], arbitrary matchers, 422 lines, logs
 
-def to_yaml_any(d, indent=0):
-    """Like to_yaml(), but lists may also hold dicts (rules[]): `- name: x` blocks."""
-    pad = "  " * indent
-    out = []
-    for k, v in d.items():
-        if isinstance(v, dict):
-            if v:
-                out.append(f"{pad}{k}:")
-                out.append(to_yaml_any(v, indent + 1))
-            else:
-                out.append(f"{pad}{k}: {{}}")
-        elif isinstance(v, list):
-            if not v:
-                out.append(f"{pad}{k}: []")
-                continue
-            out.append(f"{pad}{k}:")
-            for x in v:
-                if isinstance(x, dict):
-                    body = to_yaml_any(x, indent + 2).split("\n")
-                    out.append(f"{pad}  - " + body[0].lstrip())
-                    out.extend(body[1:])
-                else:
-                    out.append(f"{pad}  - {_yaml_scalar(x)}")
-        else:
-            out.append(f"{pad}{k}: {_yaml_scalar(v)}")
-    return "\n".join(out)
+# to_yaml() handles rules[] (lists of dicts) too; the old name stays for existing callers
+to_yaml_any = to_yaml
 
 
 class AdmissionPromguard(Promguard):
     """Promguard whose config may hold rules[] (lists of dicts), with reload helpers.
 
-    The config is written with to_yaml_any(); everything else is Promguard's.
+    Everything but the reload and rule helpers is Promguard's.
     """
-
-    @staticmethod
-    def _yaml(cfg):
-        return to_yaml_any(cfg)
 
     def rewrite_config(self, changes=None, text=None):
         """Write a new config file: <changes> deep-merged over the running one, or raw <text>."""
