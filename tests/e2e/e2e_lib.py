@@ -10,6 +10,7 @@ config the same way:
 """
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -42,11 +43,38 @@ def need_tool(name):
     return path
 
 
+_PORTS_GIVEN = set()
+
+
+def _ephemeral_low():
+    """Start of the kernel's range for outgoing connections' source ports."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port():
-    """A TCP port that was free a moment ago on 127.0.0.1."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port free on 127.0.0.1 now, below the ephemeral range and not given out before.
+
+    bind(0) hands out ports from the ephemeral range, where any outgoing connection (a test's
+    own HTTP client, a Prometheus querying another) may take it as its source port before the
+    server we start binds it; ports below that range are only taken by explicit binds.
+    """
+    low = max(1025, _ephemeral_low() - 12000)
+    for _ in range(200):
+        port = random.randrange(low, _ephemeral_low())
+        if port in _PORTS_GIVEN:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _PORTS_GIVEN.add(port)
+        return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 # --- data ---------------------------------------------------------------------------------
