@@ -50,6 +50,7 @@
 #define RESERVE_MIN (1u << 20)            /* reserved for a SAMPLES response with no byte estimate */
 #define RESERVE_STREAM (2u << 20)         /* a stream's relay buffers: read burst + client high water */
 #define RESERVE_STEP (1u << 20)           /* a growing SAMPLES body reserves at least this much more */
+#define UPSTREAM_MARGIN_MS 200            /* a pool wait ends this long before upstream.timeout */
 
 /* What a request waiting for pool memory resumes when it may have it. */
 enum wait_stage {
@@ -1385,9 +1386,19 @@ static int flow_wait_memory(struct flow_req *fr, uint64_t bytes, enum pool_prior
 	const struct conf *c = fr->conf;
 	int64_t wait = c->queue_max_wait_ms < c->upstream_timeout_ms ? c->queue_max_wait_ms : c->upstream_timeout_ms;
 
+	int64_t deadline;
+
 	if (prio == POOL_PRIO_RELAY || !fr->wait_start_ms)
 		fr->wait_start_ms = pool_now_ms();
-	fr->waiter = pool_wait(fr->f->pool, bytes, prio, fr->wait_start_ms + wait, on_memory, on_memory_timeout, fr);
+	deadline = fr->wait_start_ms + wait;
+	if (fr->t0.tv_sec || fr->t0.tv_nsec) {
+		/* the store request is running: end the wait before upstream.timeout ends it as a 504 */
+		int64_t sent_ms = (int64_t)fr->t0.tv_sec * 1000 + fr->t0.tv_nsec / 1000000;
+		int64_t upstream_end = sent_ms + c->upstream_timeout_ms - UPSTREAM_MARGIN_MS;
+		if (upstream_end < deadline)
+			deadline = upstream_end;
+	}
+	fr->waiter = pool_wait(fr->f->pool, bytes, prio, deadline, on_memory, on_memory_timeout, fr);
 	return fr->waiter ? 0 : -ENOMEM;
 }
 
