@@ -42,7 +42,7 @@ upstream: {url: "http://127.0.0.1:$FS_PORT/api/v1/read", timeout: 10m, max_conne
 limits: {max_inflight: $STREAMS, max_response_bytes: 4GiB}
 estimator: {unknown: admit}
 pool: {memory_limit: $LIMIT}
-queue: {max_wait: 5m}
+queue: {max_wait: 5m, max_queued: $STREAMS}
 YAML
 "$BUILD_DIR/promguard" -c "$TMP/pg.yml" 2>"$TMP/pg.err" &
 PG=$!

@@ -131,6 +131,8 @@ static void serve_status(struct proxy_admin *a, struct proxy_req *req)
 			    (unsigned long long)ps.large_bytes, (unsigned long long)ps.peak_in_use_bytes,
 			    (unsigned long long)ps.waiters, (unsigned long long)ps.waits,
 			    (unsigned long long)ps.wait_timeouts, (unsigned long long)ps.failed_gets);
+	evbuffer_add_lit(b, ",\"queue\":");
+	proxy_flow_write_queue(a->flow, b);
 	evbuffer_add_lit(b, ",\"top_rejected\":");
 	proxy_flow_write_top_rejected(a->flow, b);
 	evbuffer_add_lit(b, "}\n");

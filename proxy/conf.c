@@ -906,7 +906,9 @@ static const struct field queue_fields[] = {
 	NUM(struct conf, "max_wait", queue_max_wait_ms, CONF_T_DURATION, 20 * MS_S, 0, MS_H, 1),
 	NUM(struct conf, "base_delay", queue_base_delay_ms, CONF_T_DURATION, 50, 1, MS_H, 1),
 	NUM(struct conf, "max_delay", queue_max_delay_ms, CONF_T_DURATION, 5 * MS_S, 1, MS_H, 1),
-	NUM(struct conf, "max_tracked_keys", queue_max_tracked_keys, CONF_T_COUNT, 10000, 1, 10000000, 1),
+	NUM(struct conf, "max_tracked_keys", queue_max_tracked_keys, CONF_T_COUNT, 10000, 1, 1000000, 1),
+	NUM(struct conf, "retry_rate", queue_retry_rate, CONF_T_COUNT, 100, 0, 1000000, 1),
+	NUM(struct conf, "retry_burst", queue_retry_burst, CONF_T_COUNT, 1000, 1, 1000000, 1),
 	END
 };
 

@@ -156,6 +156,8 @@ struct conf {
 	int64_t queue_base_delay_ms;
 	int64_t queue_max_delay_ms;
 	int64_t queue_max_tracked_keys;
+	int64_t queue_retry_rate;   /* global token bucket: retries per second (0: off) */
+	int64_t queue_retry_burst;  /* and its size */
 
 	int64_t shutdown_grace_ms;
 

@@ -16,13 +16,16 @@
 #include <time.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
 #include <snappy-c.h>
+#include <xxhash.h>
 
 #include "limiter/admission.h"
 #include "limiter/estimator.h"
 #include "limiter/probe.h"
+#include "limiter/queue.h"
 #include "pool/pool.h"
 #include "proto/frame.h"
 #include "proto/request.h"
@@ -51,12 +54,21 @@
 #define RESERVE_STREAM (2u << 20)         /* a stream's relay buffers: read burst + client high water */
 #define RESERVE_STEP (1u << 20)           /* a growing SAMPLES body reserves at least this much more */
 #define UPSTREAM_MARGIN_MS 200            /* a pool wait ends this long before upstream.timeout */
+#define BACKOFF_JITTER 0.2                /* a backoff delay is cut by up to this fraction at random */
+#define CAPACITY_LOG_MS 1000              /* one over-capacity line per reason per this long */
+#define QUEUE_MEM_WAIT_MS (3600 * 1000)   /* the queue's own pool wait: renewed, or cancelled when empty */
 
-/* What a request waiting for pool memory resumes when it may have it. */
+/* What a request waiting for pool memory resumes when it may have it. (Reserving a response's
+ * memory before the store is asked waits in the deferral queue instead.) */
 enum wait_stage {
 	WAIT_DECODE,  /* copying and decoding the request */
-	WAIT_RESERVE, /* reserving the response's memory before the store is asked */
 	WAIT_GROW,    /* growing a SAMPLES body's reservation while the store is paused */
+};
+
+/* Over-capacity log lines are rate-limited per reason (a storm must not flood the log). */
+struct log_every {
+	int64_t last_ms;
+	uint64_t suppressed;
 };
 
 /* How a response is relayed, decided from its status and Content-Type. */
@@ -101,6 +113,13 @@ struct proxy_flow {
 	struct top_rejected top[TOP_REJECTED];
 	struct tenant_inflight *tin;      /* tenants with requests in flight */
 	size_t n_tin, cap_tin;
+	struct event_base *base;          /* (ref) */
+	struct limiter_queue *queue;      /* deferred requests: no capacity yet, or a store retry */
+	struct event *queue_timer;        /* at limiter_queue_next_wake(): deadlines and retries */
+	struct event *queue_kick;         /* activated when capacity is freed: dispatch at once */
+	struct pool_waiter *queue_mem;    /* the queue's one wait for pool memory (for a head) */
+	uint64_t queue_mem_bytes;         /* what it waits for */
+	struct log_every log_full, log_timeout;
 };
 
 struct flow_req;
@@ -150,11 +169,29 @@ struct flow_req {
 	struct pool_waiter *waiter;       /* waiting for pool memory (admission or a growing body) */
 	int64_t wait_start_ms;            /* when the current wait began (pool_now_ms clock) */
 	struct timespec t0;               /* sent to the store */
+	struct limiter_queue_entry qe;    /* its place in the deferral queue, and its backoff hold */
+	enum limiter_queue_exit qexit;    /* how it leaves the queue's care (flow_req_free) */
+	int64_t arrived_ms;               /* when the request arrived (pool_now_ms clock) */
+	int64_t deadline_ms;              /* last moment to start (or retry): arrival + min(queue.max_wait,
+					     upstream.timeout) */
+	uint64_t qkey;                    /* backoff key: tenant + the queries' selector fingerprints */
+	char blocked[192];                /* the capacity it last waited for, e.g. limits.max_inflight=16 */
+	uint32_t retries;                 /* store attempts retried */
+	int retrying;                     /* deferred after a store failure (not for capacity) */
+	int deferred;                     /* was pushed to the queue: leave it in flow_req_free */
+	int last_status;                  /* the last store failure, answered if retries give up */
+	char last_kind[24];
+	char last_error[256];
 };
 
 static void flow_forward(struct flow_req *fr);
-static void flow_reserve(struct flow_req *fr);
-static void flow_send(struct flow_req *fr);
+static void flow_admit(struct flow_req *fr);
+static int flow_send(struct flow_req *fr);
+static enum limiter_queue_try queue_try(struct limiter_queue_entry *e, void *arg);
+static void queue_kick(struct proxy_flow *f);
+static void queue_changed(struct proxy_flow *f);
+static void flow_retry(struct flow_req *fr, const char *kind, int status, const char *what);
+static void reply_over_capacity(struct flow_req *fr, const char *reason, int64_t retry_after_ms, const char *line);
 static void samples_reserve_more(struct flow_req *fr);
 static int flow_wait_memory(struct flow_req *fr, uint64_t bytes, enum pool_priority prio);
 static void flow_wait_stage(struct flow_req *fr, enum wait_stage stage, uint64_t bytes);
@@ -290,6 +327,7 @@ static void inflight_leave(struct flow_req *fr)
 	t = tin_find(f, fr->tenant);
 	if (t && --t->n == 0)
 		*t = f->tin[--f->n_tin];
+	queue_kick(f); /* a slot is free: the queue gets it at once */
 }
 
 /* --- lifecycle of a request ----------------------------------------------------------------- */
@@ -339,6 +377,10 @@ static void flow_req_free(struct flow_req *fr)
 		if (fr->qs[i].probe)
 			proxy_upstream_cancel(fr->qs[i].probe);
 	inflight_leave(fr);
+	if (fr->deferred) {
+		limiter_queue_leave(fr->f->queue, &fr->qe, fr->qexit);
+		queue_changed(fr->f);
+	}
 	pool_wait_cancel(fr->waiter);
 	if (fr->reserved)
 		release_when_sent(fr);
@@ -797,7 +839,14 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 	const char *ct = http_msg_header(head, "Content-Type");
 	const char *ce = http_msg_header(head, "Content-Encoding");
 	int ok = head->status >= 200 && head->status < 300;
+	char what[64];
 
+	if (head->status == 502 || head->status == 503) {
+		/* the store (or a proxy in front of it) is restarting or overloaded: try again */
+		snprintf(what, sizeof(what), "answered %d", head->status);
+		flow_retry(fr, head->status == 502 ? "status_502" : "status_503", head->status, what);
+		return;
+	}
 	fr->status = head->status;
 	if (ok && ct && strncasecmp(ct, "application/x-protobuf", 22) == 0) {
 		fr->relay = RELAY_SAMPLES;
@@ -1034,6 +1083,12 @@ static void on_upstream_error(void *arg, enum proxy_upstream_error kind, const c
 	const char *k = proxy_upstream_error_kind(kind);
 
 	fr->ureq = NULL;
+	if ((kind == PROXY_UPSTREAM_REFUSED || kind == PROXY_UPSTREAM_RESET) &&
+	    (fr->relay == RELAY_NONE || fr->relay == RELAY_SAMPLES)) {
+		/* nothing reached the client yet (a SAMPLES body is held whole): try again */
+		flow_retry(fr, k, 502, msg);
+		return;
+	}
 	flow_req_landed(fr);
 	if (fr->relay == RELAY_STREAM || fr->relay == RELAY_PASS) {
 		cut_stream(fr, k, msg);
@@ -1068,6 +1123,7 @@ static void on_client_close(struct proxy_req *req, void *arg)
 	(void)req;
 	log_info("client went away", "tenant=%s relayed_bytes=%llu", fr->tenant, (unsigned long long)fr->resp_bytes);
 	fr->req = NULL;
+	fr->qexit = LIMITER_QUEUE_EXIT_CANCELLED; /* a queued request leaves without reaching the store */
 	flow_req_landed(fr);
 	count_request(499); /* nginx's "client closed request": nothing was answered */
 	fr->f->stats.requests++;
@@ -1250,8 +1306,6 @@ static size_t upstream_headers(struct flow_req *fr, struct proxy_upstream_header
 /* 4. forward: every query is admitted (or shadow-rejected); capacity permitting, send the bytes. */
 static void flow_forward(struct flow_req *fr)
 {
-	struct proxy_flow *f = fr->f;
-	const struct conf_limits *gl = &fr->conf->limits;
 	struct limiter_decision d;
 	size_t nq = fr->decoded->n_queries;
 
@@ -1273,32 +1327,10 @@ static void flow_forward(struct flow_req *fr)
 			fq->decision = d;
 	}
 
-	/* capacity: limits.max_inflight, all tenants and the tenant's own (queueing: issue #5) */
-	if (f->stats.inflight >= (uint64_t)gl->v[CONF_LIMIT_MAX_INFLIGHT] ||
-	    tin_get(f, fr->tenant) >= (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_INFLIGHT]) {
-		int tenant_cap = f->stats.inflight < (uint64_t)gl->v[CONF_LIMIT_MAX_INFLIGHT];
-		int64_t cap = tenant_cap ? fr->in.limits->v[CONF_LIMIT_MAX_INFLIGHT] : gl->v[CONF_LIMIT_MAX_INFLIGHT];
-		f->stats.requests++;
-		f->stats.rejected++;
-		count_request(429);
-		metrics_inc(METRICS_REJECTIONS, fr->tenant, "queue_full");
-		log_warn("over capacity", "tenant=%s limit=%s%s%s value=%lld inflight=%llu", fr->tenant,
-			 tenant_cap ? "tenants." : "limits.", tenant_cap ? fr->tenant : "",
-			 tenant_cap ? ".max_inflight" : "max_inflight", (long long)cap,
-			 (unsigned long long)f->stats.inflight);
-		proxy_req_add_header(fr->req, "Retry-After", "1");
-		proxy_req_add_header(fr->req, "X-Promguard-Decision", "reject; reason=queue_full; estimate=0; source=default");
-		proxy_req_reply_text(fr->req, 429, "promguard: over capacity: %s%s%s=%lld requests in flight",
-				     tenant_cap ? "tenants." : "limits.", tenant_cap ? fr->tenant : "",
-				     tenant_cap ? ".max_inflight" : "max_inflight", (long long)cap);
-		flow_req_free(fr);
-		return;
-	}
-
 	for (size_t i = 0; i < nq; i++)
 		if (fr->qs[i].decision.verdict == LIMITER_SHADOW_REJECT)
 			note_shadow(&fr->qs[i], &fr->qs[i].decision);
-	flow_reserve(fr);
+	flow_admit(fr);
 }
 
 /*
@@ -1330,10 +1362,6 @@ static void on_memory(void *arg)
 	case WAIT_DECODE:
 		flow_decode(fr);
 		return;
-	case WAIT_RESERVE:
-		metrics_observe(METRICS_QUEUE_WAIT, (double)(pool_now_ms() - fr->wait_start_ms) / 1000.0);
-		flow_reserve(fr);
-		return;
 	}
 }
 
@@ -1347,12 +1375,11 @@ static void flow_wait_stage(struct flow_req *fr, enum wait_stage stage, uint64_t
 	}
 }
 
-/* No memory within the deadline: 429 before the store is asked, or the body cannot be held. */
+/* No memory within the deadline to decode the request or to hold a growing SAMPLES body: 429. */
 static void on_memory_timeout(void *arg)
 {
 	struct flow_req *fr = arg;
-	struct proxy_flow *f = fr->f;
-	char lim[32], wait[32];
+	char lim[32], wait[32], line[256];
 
 	fr->waiter = NULL;
 	conf_format_value(CONF_T_SIZE, (int64_t)fr->conf->pool_memory_limit, lim, sizeof(lim));
@@ -1362,16 +1389,9 @@ static void on_memory_timeout(void *arg)
 		fr->ureq = NULL;
 		flow_req_landed(fr);
 	}
-	f->stats.requests++;
-	f->stats.rejected++;
-	count_request(429);
-	metrics_inc(METRICS_REJECTIONS, fr->tenant, "queue_timeout");
-	log_warn("over capacity", "tenant=%s reason=queue_timeout limit=pool.memory_limit value=%s waited=%s "
-		 "reserved=%llu", fr->tenant, lim, wait, (unsigned long long)fr->reserved);
-	proxy_req_add_header(fr->req, "Retry-After", "1");
-	proxy_req_add_header(fr->req, "X-Promguard-Decision", "reject; reason=queue_timeout; estimate=0; source=default");
-	proxy_req_reply_text(fr->req, 429, "promguard: over capacity: no memory for the response within %s "
-			     "(pool.memory_limit=%s, queue.max_wait)", wait, lim);
+	snprintf(line, sizeof(line), "promguard: over capacity: no memory for the %s within %s (pool.memory_limit=%s, "
+		 "queue.max_wait)", fr->wait_stage == WAIT_DECODE ? "request" : "response", wait, lim);
+	reply_over_capacity(fr, "queue_timeout", 1000, line);
 	flow_req_free(fr);
 }
 
@@ -1402,13 +1422,169 @@ static int flow_wait_memory(struct flow_req *fr, uint64_t bytes, enum pool_prior
 	return fr->waiter ? 0 : -ENOMEM;
 }
 
-/* 4b. reserve the response's memory, waiting for it if needed; then send. */
-static void flow_reserve(struct flow_req *fr)
-{
-	uint64_t want = reservation_for(fr);
-	int rc = pool_reserve(fr->f->pool, want);
-	struct limiter_decision d;
+/* --- 4b. admit now, or defer: capacity, the queue, retries ------------------------------- */
 
+/* The backoff key of a request: its tenant and its queries' selector fingerprints. */
+static uint64_t request_key(const struct flow_req *fr)
+{
+	uint64_t h = XXH3_64bits(fr->tenant, strlen(fr->tenant));
+
+	for (size_t i = 0; i < fr->decoded->n_queries; i++)
+		h = XXH3_64bits_withSeed(&fr->qs[i].est.fingerprint, sizeof(fr->qs[i].est.fingerprint), h);
+	return h;
+}
+
+static struct flow_req *entry_req(struct limiter_queue_entry *e)
+{
+	return (struct flow_req *)((char *)e - offsetof(struct flow_req, qe));
+}
+
+/* The queue's figures into its gauges, and its timer at the next deadline or retry. */
+static void queue_changed(struct proxy_flow *f)
+{
+	static const char *const exit_names[LIMITER_QUEUE_EXIT_N] = {
+		[LIMITER_QUEUE_EXIT_DONE] = "done",
+		[LIMITER_QUEUE_EXIT_REJECTED] = "rejected",
+		[LIMITER_QUEUE_EXIT_TIMEOUT] = "timeout",
+		[LIMITER_QUEUE_EXIT_CANCELLED] = "cancelled",
+	};
+	struct limiter_queue_stats st;
+	int64_t next = limiter_queue_next_wake(f->queue);
+
+	limiter_queue_get_stats(f->queue, &st);
+	metrics_set(METRICS_QUEUE_LENGTH, NULL, NULL, (double)st.length);
+	metrics_set(METRICS_QUEUE_TENANTS, NULL, NULL, (double)st.tenants);
+	metrics_set(METRICS_QUEUE_LIMIT, NULL, NULL, (double)f->conf->limits.v[CONF_LIMIT_MAX_QUEUED]);
+	metrics_set(METRICS_BACKOFF_TRACKED_KEYS, NULL, NULL, (double)st.backoff.tracked);
+	metrics_set(METRICS_BACKOFF_MAX_KEYS, NULL, NULL, (double)st.backoff.max_keys);
+	metrics_set(METRICS_BACKOFF_EVICTIONS, NULL, NULL, (double)st.backoff.evictions);
+	metrics_set(METRICS_BACKOFF_FORGOTTEN, NULL, NULL, (double)st.backoff.forgotten);
+	for (int i = 0; i < LIMITER_QUEUE_EXIT_N; i++)
+		metrics_set(METRICS_QUEUE_EXITS, exit_names[i], NULL, (double)st.exits[i]);
+	if (next < 0) {
+		evtimer_del(f->queue_timer);
+		pool_wait_cancel(f->queue_mem);
+		f->queue_mem = NULL;
+	} else {
+		int64_t ms = next - pool_now_ms();
+		struct timeval tv = { 0, 0 };
+		if (ms > 0) {
+			tv.tv_sec = ms / 1000;
+			tv.tv_usec = (ms % 1000) * 1000;
+		}
+		evtimer_add(f->queue_timer, &tv);
+	}
+}
+
+/* Capacity was freed (a request left the store): offer it to the queue on this loop pass. */
+static void queue_kick(struct proxy_flow *f)
+{
+	if (limiter_queue_length(f->queue))
+		event_active(f->queue_kick, EV_TIMEOUT, 1);
+}
+
+/* Retry-After in whole seconds, at least 1. */
+static void add_retry_after(struct flow_req *fr, int64_t ms)
+{
+	char v[24];
+
+	snprintf(v, sizeof(v), "%lld", (long long)(ms > 1000 ? (ms + 999) / 1000 : 1));
+	proxy_req_add_header(fr->req, "Retry-After", v);
+}
+
+/* 1 when a rate-limited line may be logged now; <extra> gets " suppressed=N" when lines were. */
+static int log_due(struct log_every *l, char *extra, size_t len)
+{
+	int64_t now = now_ms();
+
+	extra[0] = 0;
+	if (l->last_ms && now - l->last_ms < CAPACITY_LOG_MS) {
+		l->suppressed++;
+		return 0;
+	}
+	if (l->suppressed)
+		snprintf(extra, len, " suppressed=%llu", (unsigned long long)l->suppressed);
+	l->last_ms = now;
+	l->suppressed = 0;
+	return 1;
+}
+
+/* 429 for capacity (queue_full, queue_timeout): count, log (rate-limited), answer with <line>. */
+static void reply_over_capacity(struct flow_req *fr, const char *reason, int64_t retry_after_ms, const char *line)
+{
+	struct proxy_flow *f = fr->f;
+	struct log_every *l = strcmp(reason, "queue_full") == 0 ? &f->log_full : &f->log_timeout;
+	char q[700], extra[48], hdr[128];
+
+	f->stats.requests++;
+	f->stats.rejected++;
+	count_request(429);
+	metrics_inc(METRICS_REJECTIONS, fr->tenant, reason);
+	if (log_due(l, extra, sizeof(extra)))
+		log_warn("over capacity", "tenant=%s reason=%s queued=%llu inflight=%llu detail=%s%s", fr->tenant,
+			 reason, (unsigned long long)limiter_queue_length(f->queue),
+			 (unsigned long long)f->stats.inflight, log_quote(q, sizeof(q), line), extra);
+	add_retry_after(fr, retry_after_ms);
+	snprintf(hdr, sizeof(hdr), "reject; reason=%s; estimate=0; source=default", reason);
+	proxy_req_add_header(fr->req, "X-Promguard-Decision", hdr);
+	proxy_req_reply_text(fr->req, 429, "%s", line);
+}
+
+/* The queue waits for pool memory on behalf of its head: when <bytes> may be had, dispatch. */
+static void on_queue_memory(void *arg)
+{
+	struct proxy_flow *f = arg;
+
+	f->queue_mem = NULL;
+	limiter_queue_dispatch(f->queue, LIMITER_QUEUE_CAPACITY_FREED, pool_now_ms(), queue_try, f);
+	queue_changed(f);
+}
+
+static void on_queue_memory_timeout(void *arg)
+{
+	struct proxy_flow *f = arg;
+
+	f->queue_mem = NULL; /* the next dispatch that finds no memory waits again */
+}
+
+/*
+ * The requests' own deadlines answer them, so the queue's wait has none that matters (it is
+ * cancelled when the queue empties): a pool wait timeout then always means a 429 from the pool.
+ */
+static void queue_wait_memory(struct proxy_flow *f, uint64_t bytes)
+{
+	if (f->queue_mem && f->queue_mem_bytes == bytes)
+		return;
+	pool_wait_cancel(f->queue_mem);
+	f->queue_mem_bytes = bytes;
+	f->queue_mem = pool_wait(f->pool, bytes, POOL_PRIO_INTAKE, pool_now_ms() + QUEUE_MEM_WAIT_MS, on_queue_memory,
+				 on_queue_memory_timeout, f);
+}
+
+/*
+ * Start <fr> if there is capacity: a slot under limits.max_inflight (all tenants, then the
+ * tenant's own) and its response's memory from the pool (the estimated bytes of a SAMPLES body,
+ * at least RESERVE_MIN; a stream's relay buffers). What it lacks goes in fr->blocked.
+ */
+static enum limiter_queue_try flow_try_start(struct flow_req *fr)
+{
+	struct proxy_flow *f = fr->f;
+	int64_t cap = f->conf->limits.v[CONF_LIMIT_MAX_INFLIGHT];
+	int64_t tcap = fr->in.limits->v[CONF_LIMIT_MAX_INFLIGHT];
+	uint64_t want = reservation_for(fr);
+	struct limiter_decision d;
+	char lim[32], size[32];
+	int rc;
+
+	if (f->stats.inflight >= (uint64_t)cap) {
+		snprintf(fr->blocked, sizeof(fr->blocked), "limits.max_inflight=%lld", (long long)cap);
+		return LIMITER_QUEUE_NO_CAPACITY;
+	}
+	if (tin_get(f, fr->tenant) >= (uint64_t)tcap) {
+		snprintf(fr->blocked, sizeof(fr->blocked), "tenants.%s.max_inflight=%lld", fr->tenant, (long long)tcap);
+		return LIMITER_QUEUE_TENANT_FULL;
+	}
+	rc = pool_reserve(f->pool, want);
 	if (rc == -E2BIG) {
 		/* more than the whole pool could ever hold: refuse it, as a response_bytes limit */
 		limiter_check_actual(&fr->in, 0, 0, want, &d);
@@ -1423,19 +1599,227 @@ static void flow_reserve(struct flow_req *fr)
 		d.value = want;
 		d.actual = 0;
 		reply_rejected(fr, &fr->qs[0], &d);
+		fr->qexit = LIMITER_QUEUE_EXIT_REJECTED;
+		flow_req_free(fr);
+		return LIMITER_QUEUE_FINISHED;
+	}
+	if (rc == -EAGAIN) {
+		conf_format_value(CONF_T_SIZE, f->conf->pool_memory_limit, lim, sizeof(lim));
+		conf_format_value(CONF_T_SIZE, (int64_t)want, size, sizeof(size));
+		snprintf(fr->blocked, sizeof(fr->blocked), "pool.memory_limit=%s (%s for the response)", lim, size);
+		queue_wait_memory(f, want);
+		return LIMITER_QUEUE_NO_CAPACITY;
+	}
+	fr->reserved = want;
+	return flow_send(fr) == 0 ? LIMITER_QUEUE_STARTED : LIMITER_QUEUE_FINISHED;
+}
+
+/* The queue offers <e> capacity. */
+static enum limiter_queue_try queue_try(struct limiter_queue_entry *e, void *arg)
+{
+	struct flow_req *fr = entry_req(e);
+	int64_t enqueued = e->enqueued_ms;
+	int retrying = fr->retrying;
+	enum limiter_queue_try r;
+
+	(void)arg;
+	r = flow_try_start(fr);
+	if (r == LIMITER_QUEUE_STARTED && !retrying)
+		metrics_observe(METRICS_QUEUE_WAIT, (double)(pool_now_ms() - enqueued) / 1000.0);
+	return r;
+}
+
+/* Capacity was freed: offer it to the queue now. */
+static void on_queue_kick(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_flow *f = arg;
+
+	(void)fd;
+	(void)what;
+	limiter_queue_dispatch(f->queue, LIMITER_QUEUE_CAPACITY_FREED, pool_now_ms(), queue_try, f);
+	queue_changed(f);
+}
+
+/* Answer a store failure that retries could not get past (counted when it happened). */
+static void reply_retries_exhausted(struct flow_req *fr, const char *why)
+{
+	struct proxy_flow *f = fr->f;
+	char q[700];
+
+	f->stats.requests++;
+	f->stats.upstream_errors++;
+	count_request(fr->last_status);
+	log_warn("upstream failed", "tenant=%s kind=%s upstream=%s retries=%u detail=%s", fr->tenant, fr->last_kind,
+		 proxy_upstream_name(f->up), fr->retries, log_quote(q, sizeof(q), fr->last_error));
+	add_admit_header(fr);
+	proxy_req_reply_text(fr->req, fr->last_status, "promguard: upstream %s (%u retries; %s)", fr->last_error,
+			     fr->retries, why);
+}
+
+/* A deadline passed in the queue: 429 queue_timeout, or a retrying request's last store error. */
+static void flow_queue_expired(struct flow_req *fr)
+{
+	const struct conf *c = fr->conf;
+	char waited[32], maxw[32], line[512];
+
+	conf_format_value(CONF_T_DURATION, pool_now_ms() - fr->arrived_ms, waited, sizeof(waited));
+	conf_format_value(CONF_T_DURATION, c->queue_max_wait_ms < c->upstream_timeout_ms ? c->queue_max_wait_ms :
+				   c->upstream_timeout_ms, maxw, sizeof(maxw));
+	fr->qexit = LIMITER_QUEUE_EXIT_TIMEOUT;
+	if (fr->retrying) {
+		snprintf(line, sizeof(line), "no retry left within queue.max_wait=%s", maxw);
+		reply_retries_exhausted(fr, line);
+	} else {
+		snprintf(line, sizeof(line), "promguard: over capacity: waited %s in the queue for %s (queue.max_wait=%s)",
+			 waited, fr->blocked[0] ? fr->blocked : "capacity", maxw);
+		reply_over_capacity(fr, "queue_timeout", c->queue_max_delay_ms, line);
+	}
+	flow_req_free(fr);
+}
+
+/* Deadlines and backoff retries. */
+static void on_queue_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct proxy_flow *f = arg;
+	int64_t now = pool_now_ms();
+	struct limiter_queue_entry *e;
+
+	(void)fd;
+	(void)what;
+	while ((e = limiter_queue_pop_expired(f->queue, now)))
+		flow_queue_expired(entry_req(e));
+	limiter_queue_dispatch(f->queue, LIMITER_QUEUE_TIMER, now, queue_try, f);
+	queue_changed(f);
+}
+
+/*
+ * Defer <fr> to the queue (queue.max_queued overall, the tenant's max_queued): for capacity, or to
+ * retry the store. A full queue answers 429 queue_full at once, with the key's backoff as
+ * Retry-After. Returns 0 when queued; otherwise <fr> is answered and freed.
+ */
+static int flow_defer(struct flow_req *fr, enum limiter_queue_wait wait)
+{
+	struct proxy_flow *f = fr->f;
+	int64_t now = pool_now_ms(), delay = 0;
+	uint64_t tcap = (uint64_t)fr->in.limits->v[CONF_LIMIT_MAX_QUEUED];
+	char line[512];
+	int rc;
+
+	fr->deferred = 1;
+	rc = limiter_queue_push(f->queue, &fr->qe, fr->tenant, tcap, fr->qkey, wait, fr->deadline_ms, now, &delay);
+	if (rc < 0) {
+		if (rc == -EDQUOT && tcap < (uint64_t)f->conf->limits.v[CONF_LIMIT_MAX_QUEUED])
+			snprintf(line, sizeof(line), "promguard: over capacity: queue full: tenants.%s.max_queued=%llu "
+				 "queries of this tenant waiting", fr->tenant, (unsigned long long)tcap);
+		else if (rc == -EDQUOT || rc == -ENOSPC)
+			snprintf(line, sizeof(line), "promguard: over capacity: queue full: queue.max_queued=%lld queries "
+				 "waiting", (long long)f->conf->limits.v[CONF_LIMIT_MAX_QUEUED]);
+		else
+			snprintf(line, sizeof(line), "promguard: over capacity: queue full: out of memory");
+		fr->qexit = LIMITER_QUEUE_EXIT_REJECTED;
+		reply_over_capacity(fr, "queue_full", delay, line);
+		flow_req_free(fr);
+		return -1;
+	}
+	if (wait == LIMITER_QUEUE_CAPACITY) {
+		metrics_inc(METRICS_QUEUE_DEFERRED, fr->tenant, NULL);
+		log_debug("query deferred", "tenant=%s waiting_for=%s queued=%llu retry_in_ms=%lld", fr->tenant,
+			  fr->blocked[0] ? fr->blocked : "turn", (unsigned long long)limiter_queue_length(f->queue),
+			  (long long)delay);
+		/* it may have joined behind requests that wait on their own tenant's cap: offer capacity */
+		queue_kick(f);
+	}
+	queue_changed(f);
+	return 0;
+}
+
+/*
+ * 4b. admit: run the request now if nothing waits and there is capacity; otherwise it waits in
+ * the queue, where tenants take turns, until capacity is freed or its deadline: arrival +
+ * queue.max_wait, never past upstream.timeout (the client's own patience).
+ */
+static void flow_admit(struct flow_req *fr)
+{
+	struct proxy_flow *f = fr->f;
+	const struct conf *c = fr->conf;
+	enum limiter_queue_try r;
+
+	fr->qkey = request_key(fr);
+	fr->deadline_ms = fr->arrived_ms + (c->queue_max_wait_ms < c->upstream_timeout_ms ? c->queue_max_wait_ms :
+									       c->upstream_timeout_ms);
+	if (limiter_queue_length(f->queue) == 0) {
+		r = flow_try_start(fr);
+		if (r == LIMITER_QUEUE_STARTED || r == LIMITER_QUEUE_FINISHED)
+			return;
+	}
+	flow_defer(fr, LIMITER_QUEUE_CAPACITY);
+}
+
+/* What a failed attempt leaves behind: the response so far and its memory. */
+static void attempt_reset(struct flow_req *fr)
+{
+	pool_wait_cancel(fr->waiter);
+	fr->waiter = NULL;
+	if (fr->samples)
+		evbuffer_free(fr->samples);
+	fr->samples = NULL;
+	proto_snappy_free(fr->snap);
+	fr->snap = NULL;
+	proto_scan_free(fr->scan);
+	fr->scan = NULL;
+	proto_frame_reader_free(fr->frames);
+	fr->frames = NULL;
+	fr->relay = RELAY_NONE;
+	fr->status = 0;
+	fr->resp_bytes = 0;
+	fr->scan_whole = 0;
+	fr->scan_err[0] = 0;
+	fr->paused = fr->paused_mem = 0;
+	if (fr->reserved)
+		pool_release(fr->f->pool, fr->reserved);
+	fr->reserved = 0;
+}
+
+/*
+ * 5b. The store failed in a way worth retrying (refused, reset before a response, 502/503) and
+ * nothing has reached the client: retry through the key's backoff within the deadline. The
+ * failure is counted (promguard_upstream_errors_total), and so is the retry. When the next
+ * attempt could not start before the deadline, the client gets the error now.
+ */
+static void flow_retry(struct flow_req *fr, const char *kind, int status, const char *what)
+{
+	struct proxy_flow *f = fr->f;
+	int64_t now = pool_now_ms(), delay = 0;
+	char q[400];
+
+	metrics_inc(METRICS_UPSTREAM_ERRORS, kind, NULL);
+	if (fr->ureq)
+		proxy_upstream_cancel(fr->ureq);
+	fr->ureq = NULL;
+	flow_req_landed(fr);
+	attempt_reset(fr);
+	fr->last_status = status;
+	snprintf(fr->last_kind, sizeof(fr->last_kind), "%s", kind);
+	snprintf(fr->last_error, sizeof(fr->last_error), "%s", what);
+	fr->retrying = 1;
+	fr->deferred = 1;
+	if (now >= fr->deadline_ms ||
+	    limiter_queue_push(f->queue, &fr->qe, fr->tenant, 0, fr->qkey, LIMITER_QUEUE_RETRY, fr->deadline_ms, now,
+			       &delay) < 0 ||
+	    now + delay >= fr->deadline_ms) {
+		reply_retries_exhausted(fr, "the next would start past queue.max_wait");
 		flow_req_free(fr);
 		return;
 	}
-	if (rc == -EAGAIN) {
-		flow_wait_stage(fr, WAIT_RESERVE, want);
-		return;
-	}
-	fr->reserved = want;
-	flow_send(fr);
+	fr->retries++;
+	metrics_inc(METRICS_UPSTREAM_RETRIES, kind, NULL);
+	log_info("retrying store", "tenant=%s kind=%s retry=%u delay_ms=%lld detail=%s", fr->tenant, kind, fr->retries,
+		 (long long)delay, log_quote(q, sizeof(q), what));
+	queue_changed(f);
 }
 
-/* 4c. send the original bytes to the store. */
-static void flow_send(struct flow_req *fr)
+/* 4c. send the original bytes to the store. Returns 0, or -1 when <fr> was answered and freed. */
+static int flow_send(struct flow_req *fr)
 {
 	static const struct proxy_upstream_cbs cbs = {
 		.on_head = on_upstream_head,
@@ -1447,7 +1831,8 @@ static void flow_send(struct flow_req *fr)
 	struct proxy_upstream_header hdrs[72];
 	char m3series[32], m3range[64];
 
-	f->stats.queries += fr->decoded->n_queries;
+	if (!fr->forwarded)
+		f->stats.queries += fr->decoded->n_queries;
 	fr->forwarded = 1;
 	struct proxy_upstream_msg msg = {
 		.timeout_ms = fr->conf->upstream_timeout_ms,
@@ -1460,9 +1845,10 @@ static void flow_send(struct flow_req *fr)
 	if (!fr->ureq || inflight_enter(fr) < 0) {
 		reply_upstream_error(fr, 502, "protocol", "request could not be queued: out of memory");
 		flow_req_free(fr);
-		return;
+		return -1;
 	}
 	clock_gettime(CLOCK_MONOTONIC, &fr->t0);
+	return 0;
 	/* 5. relay and count: on_upstream_head / _body / _done / _error above */
 }
 
@@ -1517,6 +1903,8 @@ void proxy_flow_handle(struct proxy_flow *f, struct proxy_req *req)
 	pool_arena_init(&fr->body_arena, f->pool);
 	pool_arena_init(&fr->arena, f->pool);
 	fr->body_len = evbuffer_get_length(proxy_req_body(req));
+	fr->arrived_ms = pool_now_ms();
+	fr->qexit = LIMITER_QUEUE_EXIT_DONE;
 	proxy_req_set_callbacks(req, on_client_drain, on_client_close, fr);
 	flow_decode(fr);
 }
@@ -1827,12 +2215,29 @@ out:
 
 /* --- lifecycle ----------------------------------------------------------------------------- */
 
-struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, struct proxy_upstream *probe_up,
-				  const char *probe_path, struct pool *pool)
+/* The deferral queue's settings from a config. */
+static void queue_settings_from(const struct conf *c, struct limiter_queue_settings *s, uint64_t seed)
+{
+	s->max_queued = (uint64_t)c->limits.v[CONF_LIMIT_MAX_QUEUED];
+	s->backoff = (struct backoff_settings){
+		.base_delay_ms = c->queue_base_delay_ms,
+		.max_delay_ms = c->queue_max_delay_ms,
+		.max_keys = (uint32_t)c->queue_max_tracked_keys,
+		.rate = (double)c->queue_retry_rate,
+		.burst = (uint32_t)c->queue_retry_burst,
+		.jitter = BACKOFF_JITTER,
+		.seed = seed,
+	};
+}
+
+struct proxy_flow *proxy_flow_new(struct event_base *base, struct conf *conf, struct proxy_upstream *up,
+				  struct proxy_upstream *probe_up, const char *probe_path, struct pool *pool)
 {
 	struct proxy_flow *f = calloc(1, sizeof(*f));
 	struct est_hint *hints = calloc(conf->n_est_hints + 1, sizeof(*hints));
 	struct est_settings s;
+	struct limiter_queue_settings qs;
+	struct timespec ts;
 
 	if (!f || !hints) {
 		free(f);
@@ -1842,8 +2247,14 @@ struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, 
 	est_settings_from(conf, &s, hints);
 	f->est = est_new(&s);
 	free(hints);
-	if (!f->est) {
-		free(f);
+	clock_gettime(CLOCK_REALTIME, &ts);
+	queue_settings_from(conf, &qs, (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20));
+	f->queue = limiter_queue_new(&qs);
+	f->base = base;
+	f->queue_timer = evtimer_new(base, on_queue_timer, f);
+	f->queue_kick = event_new(base, -1, 0, on_queue_kick, f);
+	if (!f->est || !f->queue || !f->queue_timer || !f->queue_kick) {
+		proxy_flow_free(f);
 		return NULL;
 	}
 	f->conf = conf_ref(conf);
@@ -1853,6 +2264,7 @@ struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, 
 	snprintf(f->probe_path, sizeof(f->probe_path), "%s", probe_path ? probe_path : "/api/v1/series");
 	metrics_set(METRICS_INFLIGHT, NULL, NULL, 0);
 	update_est_gauges(f);
+	queue_changed(f);
 	return f;
 }
 
@@ -1861,6 +2273,12 @@ void proxy_flow_free(struct proxy_flow *f)
 	if (!f)
 		return;
 	est_free(f->est);
+	pool_wait_cancel(f->queue_mem);
+	limiter_queue_free(f->queue);
+	if (f->queue_timer)
+		event_free(f->queue_timer);
+	if (f->queue_kick)
+		event_free(f->queue_kick);
 	conf_unref(f->conf);
 	free(f->tin);
 	free(f);
@@ -1870,18 +2288,24 @@ int proxy_flow_set_conf(struct proxy_flow *f, struct conf *conf)
 {
 	struct est_hint *hints = calloc(conf->n_est_hints + 1, sizeof(*hints));
 	struct est_settings s;
+	struct limiter_queue_settings qs;
 	int rc;
 
 	if (!hints)
 		return -ENOMEM;
 	est_settings_from(conf, &s, hints);
-	rc = est_configure(f->est, &s);
+	queue_settings_from(conf, &qs, (uint64_t)pool_now_ms());
+	rc = limiter_queue_configure(f->queue, &qs);
+	if (rc == 0)
+		rc = est_configure(f->est, &s);
 	free(hints);
 	if (rc < 0)
 		return rc;
 	conf_unref(f->conf);
 	f->conf = conf_ref(conf);
 	update_est_gauges(f);
+	queue_changed(f);
+	queue_kick(f); /* a higher max_inflight is capacity too */
 	return 0;
 }
 
@@ -1916,4 +2340,40 @@ void proxy_flow_write_top_rejected(const struct proxy_flow *f, struct evbuffer *
 		evbuffer_add_printf(out, ",\"count\":%llu}", (unsigned long long)order[i]->count);
 	}
 	evbuffer_add_lit(out, "]");
+}
+
+static void write_tenant_queued(const char *tenant, uint64_t queued, void *arg)
+{
+	struct evbuffer *out = arg;
+
+	if (evbuffer_get_length(out))
+		evbuffer_add_lit(out, ",");
+	conf_json_string(out, tenant);
+	evbuffer_add_printf(out, ":%llu", (unsigned long long)queued);
+}
+
+void proxy_flow_write_queue(const struct proxy_flow *f, struct evbuffer *out)
+{
+	struct limiter_queue_stats st;
+	struct evbuffer *tenants = evbuffer_new();
+
+	limiter_queue_get_stats(f->queue, &st);
+	evbuffer_add_printf(out, "{\"length\":%llu,\"limit\":%lld,\"delayed_retries\":%llu,\"deferred\":%llu,"
+			    "\"refused\":%llu,\"exits\":{\"done\":%llu,\"rejected\":%llu,\"timeout\":%llu,"
+			    "\"cancelled\":%llu},\"backoff\":{\"tracked_keys\":%llu,\"max_tracked_keys\":%llu,"
+			    "\"evictions\":%llu,\"forgotten\":%llu},\"tenants\":{",
+			    (unsigned long long)st.length, (long long)f->conf->limits.v[CONF_LIMIT_MAX_QUEUED],
+			    (unsigned long long)st.delayed, (unsigned long long)st.deferred,
+			    (unsigned long long)st.refused, (unsigned long long)st.exits[LIMITER_QUEUE_EXIT_DONE],
+			    (unsigned long long)st.exits[LIMITER_QUEUE_EXIT_REJECTED],
+			    (unsigned long long)st.exits[LIMITER_QUEUE_EXIT_TIMEOUT],
+			    (unsigned long long)st.exits[LIMITER_QUEUE_EXIT_CANCELLED],
+			    (unsigned long long)st.backoff.tracked, (unsigned long long)st.backoff.max_keys,
+			    (unsigned long long)st.backoff.evictions, (unsigned long long)st.backoff.forgotten);
+	if (tenants) {
+		limiter_queue_foreach_tenant(f->queue, write_tenant_queued, tenants);
+		evbuffer_add_buffer(out, tenants);
+		evbuffer_free(tenants);
+	}
+	evbuffer_add_printf(out, "}}");
 }

@@ -1,8 +1,8 @@
 /*
  * proxy_flow: the remote-read request path, top to bottom.
  *
- *   receive -> decode -> (estimate -> admit/defer/reject: later issues) -> forward -> relay and
- *   count -> reply
+ *   receive -> decode -> estimate -> admit / defer / reject -> forward -> relay and count
+ *   (retrying the store through the queue) -> learn -> reply
  *
  * Every decision a query goes through is a call from proxy_flow_handle() and its callbacks in
  * flow.c, each into its own module (proto/ for codecs, proxy/upstream for the store).
@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 struct conf;
+struct event_base;
 struct pool;
 struct evbuffer;
 struct proxy_flow;
@@ -33,12 +34,12 @@ struct proxy_flow_stats {
 };
 
 /*
- * New request path over <conf> (a reference is taken), the store <up> (ref) and, when probes are
+ * New request path on <base> (ref: the deferral queue's timers) over <conf> (a reference is taken), the store <up> (ref) and, when probes are
  * on, the series API pool <probe_up> (ref, may be NULL) at <probe_path>; every response reserves
  * its memory from <pool> (ref). NULL on ENOMEM.
  */
-struct proxy_flow *proxy_flow_new(struct conf *conf, struct proxy_upstream *up, struct proxy_upstream *probe_up,
-				  const char *probe_path, struct pool *pool);
+struct proxy_flow *proxy_flow_new(struct event_base *base, struct conf *conf, struct proxy_upstream *up,
+				  struct proxy_upstream *probe_up, const char *probe_path, struct pool *pool);
 void proxy_flow_free(struct proxy_flow *f);
 
 /*
@@ -63,6 +64,10 @@ const struct proxy_flow_stats *proxy_flow_stats(const struct proxy_flow *f);
  */
 int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct evbuffer *out, char *err,
 		       size_t errlen);
+
+/* The deferral queue as a JSON object (length, limit, per-tenant lengths, backoff keys), for
+ * /api/v1/status. */
+void proxy_flow_write_queue(const struct proxy_flow *f, struct evbuffer *out);
 
 /* The most rejected selectors (up to 10) as a JSON array, for /api/v1/status. */
 void proxy_flow_write_top_rejected(const struct proxy_flow *f, struct evbuffer *out);

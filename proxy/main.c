@@ -431,7 +431,7 @@ static int run(struct conf *conf)
 	}
 	if (ps.fail_rate > 0 || ps.poison)
 		log_warn("pool failure injection on", "fail_rate=%.3f poison=%d", ps.fail_rate, ps.poison);
-	app.flow = proxy_flow_new(conf, app.up, app.probe_up, app.probe_up ? probe_path : NULL, app.pool);
+	app.flow = proxy_flow_new(app.base, conf, app.up, app.probe_up, app.probe_up ? probe_path : NULL, app.pool);
 	app.admin_ctx = (struct proxy_admin){ .conf = conf, .flow = app.flow, .up = app.up, .pool = app.pool,
 					      .started = time(NULL),
 					      .reload = app_reload, .reload_arg = &app };

@@ -47,8 +47,22 @@ enum metrics_buckets {
 	  "Deferred queries waiting for capacity.") \
 	X(QUEUE_WAIT, "promguard_queue_wait_seconds", METRICS_HISTOGRAM, "", METRICS_B_SECONDS, \
 	  "Time deferred queries waited for capacity.") \
+	X(QUEUE_LIMIT, "promguard_queue_limit", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Cap on deferred queries (queue.max_queued).") \
+	X(QUEUE_TENANTS, "promguard_queue_tenants", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Tenants with deferred queries (each has its own queue; they take turns).") \
+	X(QUEUE_DEFERRED, "promguard_queue_deferred_total", METRICS_COUNTER, "tenant", METRICS_B_NONE, \
+	  "Queries deferred to the queue instead of rejected, by tenant.") \
+	X(QUEUE_EXITS, "promguard_queue_exits_total", METRICS_COUNTER, "outcome", METRICS_B_NONE, \
+	  "Deferred queries leaving the queue's care, by outcome (done, rejected, timeout, cancelled).") \
 	X(BACKOFF_TRACKED_KEYS, "promguard_backoff_tracked_keys", METRICS_GAUGE, "", METRICS_B_NONE, \
 	  "Keys with backoff state (bounded by queue.max_tracked_keys).") \
+	X(BACKOFF_MAX_KEYS, "promguard_backoff_max_tracked_keys", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Cap on keys with backoff state (queue.max_tracked_keys).") \
+	X(BACKOFF_EVICTIONS, "promguard_backoff_evictions_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Backoff keys evicted because queue.max_tracked_keys was reached.") \
+	X(BACKOFF_FORGOTTEN, "promguard_backoff_forgotten_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Backoff keys forgotten because the last request using them ended.") \
 	X(POOL_BYTES, "promguard_pool_bytes", METRICS_GAUGE, "state", METRICS_B_NONE, \
 	  "Buffer pool bytes by state (free, in_use).") \
 	X(POOL_LIMIT_BYTES, "promguard_pool_limit_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
@@ -81,6 +95,8 @@ enum metrics_buckets {
 	  "Highest bytes of a class in use since start.") \
 	X(UPSTREAM_DURATION, "promguard_upstream_request_duration_seconds", METRICS_HISTOGRAM, "", METRICS_B_SECONDS, \
 	  "Time from sending a request to the store until its response is fully relayed.") \
+	X(UPSTREAM_RETRIES, "promguard_upstream_retries_total", METRICS_COUNTER, "kind", METRICS_B_NONE, \
+	  "Store attempts retried after a transient failure (refused, reset, status_502, status_503).") \
 	X(UPSTREAM_ERRORS, "promguard_upstream_errors_total", METRICS_COUNTER, "kind", METRICS_B_NONE, \
 	  "Store failures by kind (refused, reset, timeout, protocol, corrupt_response, status_5xx, status_4xx).") \
 	X(RESPONSE_SERIES, "promguard_response_series_total", METRICS_COUNTER, "tenant", METRICS_B_NONE, \

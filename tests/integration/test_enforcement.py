@@ -7,7 +7,9 @@ propagated to an m3coordinator.
   * a streamed response over a limit is cut: the client sees the connection close before the
     chunked terminator;
   * dry run counts instead of cutting;
-  * limits.max_inflight: 429 with Retry-After while that many requests run against the store;
+  * limits.max_inflight: the next request waits in the queue instead of 429; a full queue
+    (queue.max_queued) is 429 queue_full with Retry-After, a wait past queue.max_wait 429
+    queue_timeout naming what it waited for;
   * upstream.propagate_limits: m3 sends M3-Limit-Max-Series / M3-Limit-Max-Range.
 """
 
@@ -199,36 +201,83 @@ class EnforcementTest(unittest.TestCase):
 
     # ---- capacity ---------------------------------------------------------------------------
 
-    def test_max_inflight_answers_429_with_retry_after(self):
-        pg = self.admit_unknown({"max_inflight": 1})
+    def hold_slot(self, pg, seconds):
+        """Start a request that keeps the store busy for <seconds>; returns (thread, result dict)."""
         held = {}
         t = tag()
 
         def slow():
-            held["resp"] = pg.post_read(H.read_body({"mode": "delay", "delay_ms": 2500, "tag": t}), timeout=15)
+            held["resp"] = pg.post_read(H.read_body({"mode": "delay", "delay_ms": int(seconds * 1000), "tag": t}),
+                                        timeout=15)
 
         th = threading.Thread(target=slow)
         th.start()
+        H.wait_until(lambda: self.store.tag(t)["count"] == 1, 5, what="the slow request at the store")
+        return th, held
+
+    def test_max_inflight_defers_the_next_request_instead_of_429(self):
+        pg = self.admit_unknown({"max_inflight": 1})
+        th, held = self.hold_slot(pg, 1.5)
         try:
-            H.wait_until(lambda: self.store.tag(t)["count"] == 1, 5, what="the slow request at the store")
+            d = H.MetricsDelta(pg)
+            t = tag()
+            t0 = time.monotonic()
+            r = pg.post_read(H.read_body({"series": 1, "tag": t}), timeout=15)
+            waited = time.monotonic() - t0
+            H.assert_admitted(self, r)
+            self.assertGreater(waited, 0.5, "it ran beside the slow one: limits.max_inflight=1 was not applied")
+            self.assertEqual(self.store.tag(t)["count"], 1)
+            self.assertEqual(d.delta("promguard_queue_deferred_total", tenant="default"), 1)
+            self.assertEqual(d.delta("promguard_queue_wait_seconds_count"), 1)
+            self.assertEqual(d.delta("promguard_rejections_total"), 0)
+        finally:
+            th.join(20)
+        self.assertEqual(held["resp"].status, 200)
+        m = pg.metrics()
+        self.assertEqual(H.metric(m, "promguard_queue_length"), 0)
+        self.assertEqual(H.metric(m, "promguard_backoff_tracked_keys"), 0)
+
+    def test_max_queued_zero_answers_429_queue_full_with_retry_after(self):
+        pg = self.admit_unknown({"max_inflight": 1}, {"queue": {"max_queued": 0}})
+        th, held = self.hold_slot(pg, 1.5)
+        try:
             d = H.MetricsDelta(pg)
             reads = self.store.reads()
             t0 = time.monotonic()
             r = pg.post_read(H.read_body({"series": 1}), timeout=15)
-            waited = time.monotonic() - t0
-            self.assertEqual(r.status, 429, f"{r} after {waited:.2f}s")
-            self.assertEqual(r.text, "promguard: over capacity: limits.max_inflight=1 requests in flight\n")
-            self.assertEqual(r.header("Retry-After"), "1")
+            self.assertLess(time.monotonic() - t0, 0.5, "a full queue answers at once")
+            self.assertEqual(r.status, 429, r)
+            self.assertEqual(r.text, "promguard: over capacity: queue full: queue.max_queued=0 queries waiting\n")
+            self.assertGreaterEqual(int(r.header("Retry-After")), 1)
             verdict, kv = H.decision(r)
             self.assertEqual((verdict, kv.get("reason")), ("reject", "queue_full"), r.header("X-Promguard-Decision"))
             self.assertEqual(self.store.reads(), reads)
             self.assertEqual(d.delta("promguard_rejections_total", tenant="default", reason="queue_full"), 1)
             self.assertEqual(d.delta("promguard_requests_total", code="429"), 1)
+            self.assertEqual(d.delta("promguard_queue_exits_total", outcome="rejected"), 1)
         finally:
             th.join(20)
         self.assertEqual(held["resp"].status, 200)
         # capacity is back
         H.assert_admitted(self, pg.post_read(H.read_body({"series": 1})))
+        self.assertEqual(H.metric(pg.metrics(), "promguard_backoff_tracked_keys"), 0)
+
+    def test_queue_timeout_names_the_capacity_it_waited_for(self):
+        pg = self.admit_unknown({"max_inflight": 1}, {"queue": {"max_wait": "300ms"}})
+        th, held = self.hold_slot(pg, 1.5)
+        try:
+            d = H.MetricsDelta(pg)
+            r = pg.post_read(H.read_body({"series": 1}), timeout=15)
+            self.assertEqual(r.status, 429, r)
+            self.assertRegex(r.text, r"^promguard: over capacity: waited \d+ms in the queue for "
+                                     r"limits\.max_inflight=1 \(queue\.max_wait=300ms\)\n$")
+            self.assertGreaterEqual(int(r.header("Retry-After")), 1)
+            self.assertEqual(H.decision(r)[1].get("reason"), "queue_timeout")
+            self.assertEqual(d.delta("promguard_rejections_total", tenant="default", reason="queue_timeout"), 1)
+            self.assertEqual(d.delta("promguard_queue_exits_total", outcome="timeout"), 1)
+        finally:
+            th.join(20)
+        self.assertEqual(held["resp"].status, 200)
 
     def test_rejections_before_the_store_do_not_take_capacity(self):
         pg = self.start({"limits": {"max_inflight": 1, "max_series": 10},

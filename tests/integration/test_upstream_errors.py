@@ -1,7 +1,11 @@
-"""Store failures: error statuses are relayed as they are; a store that is down, hangs, closes or
-answers garbage becomes a one-line 502/504; a stream that breaks after its first frame is cut
-(no clean chunked terminator). Every failure is counted in promguard_upstream_errors_total{kind}."""
+"""Store failures: error statuses are relayed as they are, except 502/503, which are retried; a
+store that is down, closes or resets is retried through the backoff within the deadline (here
+upstream.timeout=1s bounds it) and then becomes a one-line 502 naming the retries; a store that
+hangs is 504; garbage is 502; a stream that breaks after its first frame is cut (no clean chunked
+terminator). Every failure is counted in promguard_upstream_errors_total{kind}, every retry in
+promguard_upstream_retries_total{kind}."""
 
+import re
 import time
 import unittest
 
@@ -36,7 +40,7 @@ class UpstreamErrorsTest(unittest.TestCase):
         return direct, via
 
     def test_store_error_status_and_body_are_relayed(self):
-        for code in (500, 503, 400):
+        for code in (500, 504, 400):
             with self.subTest(code=code):
                 body = H.read_body({"mode": "status", "status": code})
                 direct = H.post_read(self.store.port, body)
@@ -48,7 +52,7 @@ class UpstreamErrorsTest(unittest.TestCase):
                 self.assertEqual(via.header("Content-Type"), direct.header("Content-Type"))
                 self.assert_decided_admit(via)
         m = self.pg.metrics()
-        for code in (500, 503, 400):
+        for code in (500, 504, 400):
             self.assertEqual(H.metric(m, "promguard_requests_total", code=str(code))
                              - H.metric(self.metrics_before, "promguard_requests_total", code=str(code)), 1)
         self.assert_still_serves()
@@ -72,23 +76,47 @@ class UpstreamErrorsTest(unittest.TestCase):
         self.assertEqual(self.delta("promguard_requests_total", code="504"), 1)
         self.assert_still_serves()
 
-    def test_store_closing_without_answer_is_502(self):
-        r = self.pg.post_read(H.read_body({"mode": "close"}))
-        self.assertEqual(r.status, 502, r)
+    def assert_retried_then_failed(self, r, labels, kind, status=502):
+        """<r> is the one-line answer after retrying <kind> failures until the 1 s deadline."""
+        self.assertEqual(r.status, status, r)
         self.assert_decided_admit(r)
         self.assertRegex(r.text, H.ERROR_LINE_RE)
-        self.assertTrue(r.text.startswith("promguard: upstream "), r.text)
-        self.assertEqual(self.delta("promguard_upstream_errors_total"), 1)
-        self.assertEqual(self.delta("promguard_requests_total", code="502"), 1)
+        self.assertRegex(r.text, r"^promguard: upstream .* \((\d+) retries; .*queue\.max_wait.*\)\n$")
+        retries = int(re.search(r"\((\d+) retries", r.text).group(1))
+        # 50 ms doubling (jittered down by up to 20%) within 1 s: 3 to 5 retries
+        self.assertGreaterEqual(retries, 3, r.text)
+        self.assertLessEqual(retries, 6, r.text)
+        self.assertEqual(self.delta("promguard_upstream_retries_total", kind=kind), retries)
+        self.assertEqual(self.delta("promguard_upstream_errors_total", kind=kind), retries + 1)
+        self.assertEqual(self.delta("promguard_requests_total", code=str(status)), 1)
+        # every attempt reached the store; the first may also have been re-sent once by the
+        # upstream client itself, when it failed on a reused keep-alive connection
+        self.assertIn(self.store.tag(labels["tag"])["count"], (retries + 1, retries + 2), "attempts at the store")
+        H.wait_until(lambda: H.metric(self.pg.metrics(), "promguard_backoff_tracked_keys") == 0, 3,
+                     what="the key's backoff state forgotten")
         self.assert_still_serves()
 
-    def test_store_resetting_the_connection_is_502_kind_reset(self):
-        r = self.pg.post_read(H.read_body({"mode": "reset"}))
-        self.assertEqual(r.status, 502, r)
-        self.assertRegex(r.text, H.ERROR_LINE_RE)
-        self.assertTrue(r.text.startswith("promguard: upstream "), r.text)
-        self.assertEqual(self.delta("promguard_upstream_errors_total", kind="reset"), 1)
-        self.assert_still_serves()
+    def test_store_closing_without_answer_is_retried_then_502(self):
+        labels = {"mode": "close", "tag": H.tag()}
+        t0 = time.monotonic()
+        r = self.pg.post_read(H.read_body(labels))
+        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assert_retried_then_failed(r, labels, "reset")
+
+    def test_store_resetting_the_connection_is_retried_then_502_kind_reset(self):
+        labels = {"mode": "reset", "tag": H.tag()}
+        self.assert_retried_then_failed(self.pg.post_read(H.read_body(labels)), labels, "reset")
+
+    def test_store_answering_503_is_retried_then_503(self):
+        labels = {"mode": "status", "status": 503, "tag": H.tag()}
+        r = self.pg.post_read(H.read_body(labels))
+        self.assert_retried_then_failed(r, labels, "status_503", status=503)
+        self.assertIn("answered 503", r.text)
+
+    def test_store_dying_inside_a_samples_body_is_retried(self):
+        # the body is held whole until counted, so nothing reached the client: a retry is safe
+        labels = {"mode": "die_midstream", "series": 200, "samples": 200, "tag": H.tag()}
+        self.assert_retried_then_failed(self.pg.post_read(H.read_body(labels)), labels, "reset")
 
     def test_garbage_samples_body_is_502_corrupt_response(self):
         r = self.pg.post_read(H.read_body({"mode": "garbage"}))
@@ -151,20 +179,24 @@ class UpstreamErrorsTest(unittest.TestCase):
 
 
 class StoreDownTest(unittest.TestCase):
-    def test_store_not_listening_is_502_kind_refused(self):
+    def test_store_not_listening_is_retried_then_502_kind_refused(self):
         port = H.free_port()
-        pg = H.Promguard.start(self, f"http://127.0.0.1:{port}/api/v1/read")
+        pg = H.Promguard.start(self, f"http://127.0.0.1:{port}/api/v1/read", {"queue": {"max_wait": "1s"}})
         r = pg.post_read(H.read_body())
         self.assertEqual(r.status, 502, r)
         self.assertEqual(H.decision(r)[0], "admit", r.header_list)
         self.assertRegex(r.text, H.ERROR_LINE_RE)
-        self.assertTrue(r.text.startswith("promguard: upstream "), r.text)
+        self.assertRegex(r.text, r"^promguard: upstream .*\(\d+ retries; ")
         m = pg.metrics()
-        self.assertEqual(H.metric(m, "promguard_upstream_errors_total", kind="refused"), 1)
+        retries = H.metric(m, "promguard_upstream_retries_total", kind="refused")
+        self.assertGreaterEqual(retries, 3)
+        self.assertEqual(H.metric(m, "promguard_upstream_errors_total", kind="refused"), retries + 1)
         self.assertEqual(H.metric(m, "promguard_requests_total", code="502"), 1)
         self.assertEqual(H.metric(m, "promguard_inflight_queries"), 0)
         # and again: a refused store does not wedge the next request
         self.assertEqual(pg.post_read(H.read_body()).status, 502)
+        H.wait_until(lambda: H.metric(pg.metrics(), "promguard_backoff_tracked_keys") == 0, 3,
+                     what="the key's backoff state forgotten")
 
 
 if __name__ == "__main__":
