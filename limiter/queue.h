@@ -112,8 +112,9 @@ int limiter_queue_configure(struct limiter_queue *q, const struct limiter_queue_
  *   RETRY entries come from running requests, already counted against max_inflight: they are
  *   never refused. They wait in the delayed list until their delay passed, then join the front
  *   of the tenant's FIFO (they arrived before what is behind them).
- * -EALREADY if <e> is queued; -ENOMEM. Pushing the same entry again after it started (a retry)
- * keeps its key hold, so its delays keep doubling.
+ * -EALREADY if <e> is queued; -EINVAL for a NULL or overlong (> 128 bytes) tenant; -ENOMEM.
+ * Pushing the same entry again after it started (a retry) keeps its key hold, so its delays
+ * keep doubling.
  */
 int limiter_queue_push(struct limiter_queue *q, struct limiter_queue_entry *e, const char *tenant,
 		       uint64_t tenant_max_queued, uint64_t key, enum limiter_queue_wait wait, int64_t deadline_ms,
