@@ -3,6 +3,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -11,6 +12,7 @@
 #include "proxy/conf.h"
 #include "proxy/flow.h"
 #include "proxy/http.h"
+#include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
@@ -141,10 +143,41 @@ static void serve_status(struct proxy_admin *a, struct proxy_req *req)
 	evbuffer_free(b);
 }
 
+/* Compare without an early exit, so the time taken says nothing about where a guess went wrong. */
+static int token_equal(const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b);
+	unsigned char diff = na != nb;
+
+	for (size_t i = 0; i < na; i++)
+		diff |= (unsigned char)(a[i] ^ b[i % (nb ? nb : 1)]);
+	return diff == 0;
+}
+
+/* admin.reload_token_file set: the request must carry "Authorization: Bearer <token>". */
+static int reload_authorized(const struct proxy_admin *a, struct proxy_req *req)
+{
+	const char *h = proxy_req_header(req, "Authorization");
+
+	if (!a->conf->admin_reload_token)
+		return 1;
+	return h && strncasecmp(h, "Bearer ", 7) == 0 && token_equal(h + 7, a->conf->admin_reload_token);
+}
+
 static void serve_reload(struct proxy_admin *a, struct proxy_req *req)
 {
-	struct evbuffer *errs = evbuffer_new();
+	struct evbuffer *errs;
 
+	if (!reload_authorized(a, req)) {
+		metrics_inc(METRICS_ADMIN_UNAUTHORIZED, "/-/reload", NULL);
+		log_warn("reload refused", "peer=%s reason=%s limit=admin.reload_token_file", proxy_req_peer(req),
+			 proxy_req_header(req, "Authorization") ? "wrong_token" : "no_token");
+		proxy_req_add_header(req, "WWW-Authenticate", "Bearer realm=\"promguard\"");
+		proxy_req_reply_text(req, 401, "promguard: unauthorized: POST /-/reload needs \"Authorization: Bearer "
+				     "<token>\" with the token in admin.reload_token_file");
+		return;
+	}
+	errs = evbuffer_new();
 	if (!errs) {
 		proxy_req_abort(req);
 		return;

@@ -867,6 +867,8 @@ static void post_pool(struct ctx *x, void *base, const char *path, int line,
 		      const struct field *fields, const int *lines, int had_errors);
 static void post_queue(struct ctx *x, void *base, const char *path, int line,
 		       const struct field *fields, const int *lines, int had_errors);
+static void post_admin(struct ctx *x, void *base, const char *path, int line,
+		       const struct field *fields, const int *lines, int had_errors);
 static void post_when(struct ctx *x, void *base, const char *path, int line,
 		      const struct field *fields, const int *lines, int had_errors);
 
@@ -912,6 +914,12 @@ static const struct field queue_fields[] = {
 	END
 };
 
+static const struct field admin_fields[] = {
+	STR(struct conf, "reload_token_file", admin_reload_token_file, NULL, NULL, 1),
+	NUM(struct conf, "max_tenant_labels", admin_max_tenant_labels, CONF_T_COUNT, 1000, 1, 100000, 1),
+	END
+};
+
 static const struct field root_fields[] = {
 	STR(struct conf, "listen", listen, "127.0.0.1:9201", check_hostport, 0),
 	STR(struct conf, "admin_listen", admin_listen, "127.0.0.1:9202", check_hostport, 0),
@@ -926,6 +934,7 @@ static const struct field root_fields[] = {
 	SECTION("estimator", estimator_fields, NULL),
 	SECTION("pool", pool_fields, post_pool),
 	SECTION("queue", queue_fields, post_queue),
+	SECTION("admin", admin_fields, post_admin),
 	NUM(struct conf, "shutdown_grace", shutdown_grace_ms, CONF_T_DURATION, 30 * MS_S, 0, MS_H, 1),
 	END
 };
@@ -1521,6 +1530,54 @@ static void post_queue(struct ctx *x, void *base, const char *path, int line,
 	}
 }
 
+/*
+ * admin.reload_token_file: read the token now (and again on every reload, so a rotated file takes
+ * effect with the reload that follows). One line of visible ASCII, surrounding whitespace
+ * trimmed; the token itself is never printed.
+ */
+static void post_admin(struct ctx *x, void *base, const char *path, int line,
+		       const struct field *fields, const int *lines, int had_errors)
+{
+	struct conf *c = base;
+	char kpath[PATH_LEN], buf[CONF_TOKEN_MAX + 2];
+	size_t n, i;
+	FILE *fp;
+
+	(void)had_errors;
+	if (!c->admin_reload_token_file)
+		return;
+	path_join(kpath, sizeof(kpath), path, "reload_token_file");
+	line = line_of(fields, lines, "reload_token_file", line);
+	fp = fopen(c->admin_reload_token_file, "r");
+	if (!fp) {
+		err_at(x, line, kpath, "cannot read %s: %s", c->admin_reload_token_file, strerror(errno));
+		return;
+	}
+	n = fread(buf, 1, sizeof(buf) - 1, fp);
+	fclose(fp);
+	buf[n] = 0;
+	while (n && isspace((unsigned char)buf[n - 1]))
+		buf[--n] = 0;
+	for (i = 0; i < n && isspace((unsigned char)buf[i]); i++)
+		;
+	if (n - i > CONF_TOKEN_MAX) {
+		err_at(x, line, kpath, "token longer than %d bytes", CONF_TOKEN_MAX);
+		return;
+	}
+	if (n == i) {
+		err_at(x, line, kpath, "%s holds no token", c->admin_reload_token_file);
+		return;
+	}
+	for (size_t k = i; k < n; k++)
+		if (buf[k] < 0x21 || buf[k] > 0x7e) {
+			err_at(x, line, kpath, "token must be one line of visible ASCII (no spaces)");
+			return;
+		}
+	c->admin_reload_token = strndup(buf + i, n - i);
+	if (!c->admin_reload_token)
+		oom(x, line, kpath);
+}
+
 /* rules[].when: at least one condition must be set, or the rule would match everything. */
 static void post_when(struct ctx *x, void *base, const char *path, int line,
 		      const struct field *fields, const int *lines, int had_errors)
@@ -1585,6 +1642,7 @@ void conf_free(struct conf *c)
 	free(c->upstream_path);
 	free(c->est_probe_host);
 	free(c->est_probe_path);
+	free(c->admin_reload_token);
 	for (i = 0; i < c->n_upstream_headers; i++) {
 		free(c->upstream_headers[i].key);
 		free(c->upstream_headers[i].value);

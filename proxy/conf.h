@@ -159,10 +159,18 @@ struct conf {
 	int64_t queue_retry_rate;   /* global token bucket: retries per second (0: off) */
 	int64_t queue_retry_burst;  /* and its size */
 
+	/* admin */
+	char *admin_reload_token_file; /* NULL: POST /-/reload needs no token */
+	char *admin_reload_token;      /* read from it at load (never printed) */
+	int64_t admin_max_tenant_labels;
+
 	int64_t shutdown_grace_ms;
 
 	int refs;                   /* conf_ref/conf_unref: requests in flight keep the config they began with */
 };
+
+/* Longest reload token accepted (admin.reload_token_file). */
+#define CONF_TOKEN_MAX 1024
 
 /*
  * Load and validate <path>. On success returns 0 and sets *<out> (free with conf_free()).

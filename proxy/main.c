@@ -335,6 +335,7 @@ static int app_reload(void *arg, struct evbuffer *errs)
 	app->conf = next;
 	app->admin_ctx.conf = next;
 	log_set_level_from(next);
+	metrics_set_tenant_limit((size_t)next->admin_max_tenant_labels);
 	log_info("config reloaded", "config=%s mode=%s tenants=%zu rules=%zu", next->path,
 		 next->mode == CONF_MODE_DRY_RUN ? "dry_run" : "enforce", next->n_tenants, next->n_rules);
 	return 0;
@@ -546,5 +547,6 @@ int main(int argc, char **argv)
 		log_level_pinned = 1;
 	}
 	log_set_level_from(conf);
+	metrics_set_tenant_limit((size_t)conf->admin_max_tenant_labels);
 	return run(conf);
 }

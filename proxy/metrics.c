@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -116,6 +117,21 @@ struct family {
 
 static struct family families[METRICS__COUNT];
 static int initialised;
+
+/*
+ * Distinct values of "tenant" labels, capped (admin.max_tenant_labels): tenant names come from a
+ * client header, so without a cap one client could mint a series per request. A tenant seen
+ * while there was room keeps its own series for the life of the process; past the cap a new
+ * tenant is counted as tenant="other". Open addressing over sanitised names.
+ */
+static struct {
+	char **names;         /* slots: NULL or a strdup'ed sanitised name */
+	size_t nslots;        /* a power of two */
+	size_t n;             /* names held */
+	size_t limit;         /* the cap */
+	int64_t last_log_ms;  /* one "tenant label cap reached" line per minute */
+	uint64_t suppressed;  /* tenants folded since that line */
+} tenants = { .limit = METRICS_TENANT_LABELS_DEFAULT };
 
 /* ---- label values ------------------------------------------------------------------- */
 
@@ -323,6 +339,91 @@ static struct series *series_other(enum metrics_id id)
  * folded into "other" past METRICS_MAX_SERIES; without, NULL is returned for it. Also NULL
  * before metrics_init() and when memory runs out: the update is then dropped.
  */
+static uint32_t str_hash(const char *s)
+{
+	uint32_t h = 2166136261u; /* FNV-1a */
+
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 16777619u;
+	return h;
+}
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Double the tenant table (or make the first one). -ENOMEM leaves it as it was. */
+static int tenants_grow(void)
+{
+	size_t nslots = tenants.nslots ? tenants.nslots * 2 : 64;
+	char **slots = calloc(nslots, sizeof(*slots));
+
+	if (!slots)
+		return -ENOMEM;
+	for (size_t i = 0; i < tenants.nslots; i++) {
+		if (!tenants.names[i])
+			continue;
+		size_t j = str_hash(tenants.names[i]) & (nslots - 1);
+		while (slots[j])
+			j = (j + 1) & (nslots - 1);
+		slots[j] = tenants.names[i];
+	}
+	free(tenants.names);
+	tenants.names = slots;
+	tenants.nslots = nslots;
+	return 0;
+}
+
+/*
+ * The label value for tenant <t> (sanitised): itself if known or there is room, else "other".
+ * A lookup (<create> 0) neither takes room nor counts: an unknown tenant is then itself.
+ */
+static const char *tenant_label(const char *t, int create)
+{
+	size_t j;
+
+	if (tenants.nslots) {
+		for (j = str_hash(t) & (tenants.nslots - 1); tenants.names[j]; j = (j + 1) & (tenants.nslots - 1))
+			if (strcmp(tenants.names[j], t) == 0)
+				return t;
+	}
+	if (!create)
+		return t;
+	if (tenants.n >= tenants.limit || strcmp(t, METRICS_OTHER) == 0 ||
+	    (SLOTS_FULL(tenants.n + 1, tenants.nslots) && tenants_grow() < 0)) {
+		int64_t now = mono_ms();
+		metrics_add(METRICS_TENANT_LABEL_OVERFLOW, NULL, NULL, 1.0);
+		if (now - tenants.last_log_ms >= 60000) {
+			log_warn("tenant label cap reached", "tenant=%s limit=admin.max_tenant_labels value=%zu "
+				 "counted_as=other suppressed=%llu", t, tenants.limit,
+				 (unsigned long long)tenants.suppressed);
+			tenants.last_log_ms = now;
+			tenants.suppressed = 0;
+		} else {
+			tenants.suppressed++;
+		}
+		return METRICS_OTHER;
+	}
+	for (j = str_hash(t) & (tenants.nslots - 1); tenants.names[j]; j = (j + 1) & (tenants.nslots - 1))
+		;
+	tenants.names[j] = strdup(t);
+	if (!tenants.names[j])
+		return METRICS_OTHER;
+	tenants.n++;
+	metrics_set(METRICS_TENANT_LABELS, NULL, NULL, (double)tenants.n);
+	return t;
+}
+
+void metrics_set_tenant_limit(size_t n)
+{
+	tenants.limit = n;
+	metrics_set(METRICS_TENANT_LABELS_LIMIT, NULL, NULL, (double)n);
+}
+
 static struct series *series_get(enum metrics_id id, const char *l1, const char *l2, int create)
 {
 	char buf[METRICS_MAX_LABELS][METRICS_LABEL_VALUE_MAX + 1];
@@ -336,7 +437,7 @@ static struct series *series_get(enum metrics_id id, const char *l1, const char 
 		return NULL;
 	for (unsigned i = 0; i < f->nlabels; i++) {
 		label_sanitise(buf[i], raw[i]);
-		vals[i] = buf[i];
+		vals[i] = strcmp(f->names[i], "tenant") == 0 ? tenant_label(buf[i], create) : buf[i];
 	}
 	hash = labels_hash(vals, f->nlabels);
 	idx = series_find(f, vals, hash);
@@ -527,6 +628,7 @@ int metrics_init(void)
 	if (!build)
 		goto fail;
 	build->value = 1;
+	metrics_set(METRICS_TENANT_LABELS_LIMIT, NULL, NULL, (double)tenants.limit);
 	gettimeofday(&tv, NULL);
 	metrics_set(METRICS_PROCESS_START, NULL, NULL, (double)tv.tv_sec + (double)tv.tv_usec / 1e6);
 	return 0;
@@ -546,6 +648,13 @@ void metrics_deinit(void)
 		free(f->slots);
 		memset(f, 0, sizeof(*f));
 	}
+	for (size_t i = 0; i < tenants.nslots; i++)
+		free(tenants.names[i]);
+	free(tenants.names);
+	tenants.names = NULL;
+	tenants.nslots = tenants.n = 0;
+	tenants.last_log_ms = 0;
+	tenants.suppressed = 0;
 	initialised = 0;
 }
 

@@ -13,6 +13,7 @@
 #ifndef PROMGUARD_METRICS_H
 #define PROMGUARD_METRICS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct evbuffer;
@@ -121,6 +122,14 @@ enum metrics_buckets {
 	  "1 if the last configuration load succeeded.") \
 	X(CLIENT_CONNECTIONS, "promguard_client_connections", METRICS_GAUGE, "listener", METRICS_B_NONE, \
 	  "Open client connections per listener.") \
+	X(ADMIN_UNAUTHORIZED, "promguard_admin_unauthorized_total", METRICS_COUNTER, "endpoint", METRICS_B_NONE, \
+	  "Admin requests refused for a missing or wrong bearer token (admin.reload_token_file).") \
+	X(TENANT_LABELS, "promguard_tenant_labels", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Distinct tenant label values in use (capped by admin.max_tenant_labels).") \
+	X(TENANT_LABELS_LIMIT, "promguard_tenant_labels_limit", METRICS_GAUGE, "", METRICS_B_NONE, \
+	  "Cap on distinct tenant label values (admin.max_tenant_labels); past it tenant=\"other\".") \
+	X(TENANT_LABEL_OVERFLOW, "promguard_tenant_label_overflow_total", METRICS_COUNTER, "", METRICS_B_NONE, \
+	  "Metric updates of a tenant past admin.max_tenant_labels, counted under tenant=\"other\".") \
 	X(LABEL_OVERFLOW, "promguard_metrics_label_overflow_total", METRICS_COUNTER, "metric", METRICS_B_NONE, \
 	  "Updates folded into the \"other\" series because a metric hit its label-set cap.") \
 	X(PROCESS_RSS, "process_resident_memory_bytes", METRICS_GAUGE, "", METRICS_B_NONE, \
@@ -138,6 +147,17 @@ enum metrics_id { METRICS_TABLE(METRICS_ENUM_) METRICS__COUNT };
 
 /* Distinct label sets kept per metric before folding into "other". */
 #define METRICS_MAX_SERIES 512
+
+/* Default of admin.max_tenant_labels. */
+#define METRICS_TENANT_LABELS_DEFAULT 1000
+
+/*
+ * Cap the distinct values of every "tenant" label at <n> (admin.max_tenant_labels): tenants
+ * already seen keep their series; past the cap a new tenant is counted as tenant="other"
+ * (promguard_tenant_label_overflow_total, and a log line at most once a minute). Lowering it
+ * keeps the tenants already seen.
+ */
+void metrics_set_tenant_limit(size_t n);
 
 /* Set up the registry (records the start time). Returns 0 or -ENOMEM. */
 int metrics_init(void);

@@ -239,6 +239,34 @@ static void test_label_cap_folds_into_other_and_counts_overflow(void **state)
 	free(text);
 }
 
+static void test_tenant_labels_past_the_cap_count_as_other(void **state)
+{
+	char tenant[32];
+
+	(void)state;
+	metrics_set_tenant_limit(3);
+	for (int i = 0; i < 10; i++) {
+		snprintf(tenant, sizeof(tenant), "team-%d", i);
+		metrics_inc(METRICS_QUERIES, tenant, "admitted");
+		metrics_inc(METRICS_RESPONSE_SERIES, tenant, NULL); /* one tenant, several metrics: one slot */
+	}
+	assert_true(metrics_get(METRICS_QUERIES, "team-2", "admitted") == 1);
+	assert_true(metrics_get(METRICS_QUERIES, "team-3", "admitted") == 0);
+	assert_true(metrics_get(METRICS_QUERIES, "other", "admitted") == 7);
+	assert_true(metrics_get(METRICS_RESPONSE_SERIES, "other", NULL) == 7);
+	assert_true(metrics_get(METRICS_TENANT_LABELS, NULL, NULL) == 3);
+	assert_true(metrics_get(METRICS_TENANT_LABELS_LIMIT, NULL, NULL) == 3);
+	assert_true(metrics_get(METRICS_TENANT_LABEL_OVERFLOW, NULL, NULL) == 14);
+	/* labels that are not "tenant" are not capped by it */
+	metrics_inc(METRICS_REQUESTS, "team-9", NULL);
+	assert_true(metrics_get(METRICS_REQUESTS, "team-9", NULL) == 1);
+	/* a tenant seen while there was room keeps its series after the cap is lowered */
+	metrics_set_tenant_limit(1);
+	metrics_inc(METRICS_QUERIES, "team-1", "admitted");
+	assert_true(metrics_get(METRICS_QUERIES, "team-1", "admitted") == 2);
+	metrics_set_tenant_limit(METRICS_TENANT_LABELS_DEFAULT);
+}
+
 static void test_overflow_counter_caps_itself_without_recursing(void **state)
 {
 	char name[32];
@@ -487,6 +515,7 @@ int main(void)
 		T(test_series_render_in_creation_order),
 		T(test_label_cap_folds_into_other_and_counts_overflow),
 		T(test_overflow_counter_caps_itself_without_recursing),
+		T(test_tenant_labels_past_the_cap_count_as_other),
 		T(test_escapes_quotes_backslashes_and_newlines),
 		T(test_invalid_utf8_and_control_chars_become_question_marks),
 		T(test_long_label_value_is_cut_on_a_character_boundary),
