@@ -119,6 +119,7 @@ struct proxy_flow {
 	struct event *queue_kick;         /* activated when capacity is freed: dispatch at once */
 	struct pool_waiter *queue_mem;    /* the queue's one wait for pool memory (for a head) */
 	uint64_t queue_mem_bytes;         /* what it waits for */
+	char queue_blocked[192];          /* the memory a queue head last lacked (for 429 lines) */
 	struct log_every log_full, log_timeout;
 };
 
@@ -1607,6 +1608,7 @@ static enum limiter_queue_try flow_try_start(struct flow_req *fr)
 		conf_format_value(CONF_T_SIZE, f->conf->pool_memory_limit, lim, sizeof(lim));
 		conf_format_value(CONF_T_SIZE, (int64_t)want, size, sizeof(size));
 		snprintf(fr->blocked, sizeof(fr->blocked), "pool.memory_limit=%s (%s for the response)", lim, size);
+		snprintf(f->queue_blocked, sizeof(f->queue_blocked), "%s", fr->blocked);
 		queue_wait_memory(f, want);
 		return LIMITER_QUEUE_NO_CAPACITY;
 	}
@@ -1656,6 +1658,30 @@ static void reply_retries_exhausted(struct flow_req *fr, const char *why)
 			     fr->retries, why);
 }
 
+/*
+ * What <fr> is waiting for, for its 429 line: what it lacked when it was last offered capacity;
+ * for one never offered (it queued behind others and only heads are offered), what the queue
+ * lacks now.
+ */
+static const char *blocker(struct flow_req *fr)
+{
+	struct proxy_flow *f = fr->f;
+	int64_t cap = f->conf->limits.v[CONF_LIMIT_MAX_INFLIGHT];
+	int64_t tcap = fr->in.limits->v[CONF_LIMIT_MAX_INFLIGHT];
+
+	if (fr->blocked[0])
+		return fr->blocked;
+	if (f->stats.inflight >= (uint64_t)cap)
+		snprintf(fr->blocked, sizeof(fr->blocked), "limits.max_inflight=%lld", (long long)cap);
+	else if (tin_get(f, fr->tenant) >= (uint64_t)tcap)
+		snprintf(fr->blocked, sizeof(fr->blocked), "tenants.%s.max_inflight=%lld", fr->tenant, (long long)tcap);
+	else if (f->queue_blocked[0])
+		snprintf(fr->blocked, sizeof(fr->blocked), "%s", f->queue_blocked);
+	else
+		snprintf(fr->blocked, sizeof(fr->blocked), "its turn");
+	return fr->blocked;
+}
+
 /* A deadline passed in the queue: 429 queue_timeout, or a retrying request's last store error. */
 static void flow_queue_expired(struct flow_req *fr)
 {
@@ -1671,7 +1697,7 @@ static void flow_queue_expired(struct flow_req *fr)
 		reply_retries_exhausted(fr, line);
 	} else {
 		snprintf(line, sizeof(line), "promguard: over capacity: waited %s in the queue for %s (queue.max_wait=%s)",
-			 waited, fr->blocked[0] ? fr->blocked : "capacity", maxw);
+			 waited, blocker(fr), maxw);
 		reply_over_capacity(fr, "queue_timeout", c->queue_max_delay_ms, line);
 	}
 	flow_req_free(fr);
