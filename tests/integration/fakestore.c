@@ -34,6 +34,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_HEADER_BYTES (64 * 1024)
@@ -264,6 +265,8 @@ struct freq {
 	uint64_t bad_frame;    /* frame="N": bad_crc in frame N (default half) */
 	uint64_t bytes;        /* bytes="N": big_error_body size (default 1 MiB) */
 	char tag[128];         /* tag="..." for /stats */
+	uint64_t fail_first;   /* fail_first="N" (with tag): the first N reads of the tag act as fail_mode */
+	enum mode fail_mode;   /* fail_mode="..." (default status) */
 };
 
 static uint64_t parse_u64(const char *s, uint64_t def)
@@ -338,6 +341,13 @@ static void req_knobs(struct freq *r)
 	r->bad_frame = (v = labels_get(q, "frame")) ? parse_u64(v, total / 2) : total / 2;
 	r->bytes = (v = labels_get(q, "bytes")) ? parse_u64(v, 1 << 20) : 1 << 20;
 	snprintf(r->tag, sizeof(r->tag), "%s", (v = labels_get(q, "tag")) ? v : "");
+	r->fail_first = (v = labels_get(q, "fail_first")) ? parse_u64(v, 0) : 0;
+	r->fail_mode = MODE_STATUS;
+	if ((v = labels_get(q, "fail_mode"))) {
+		for (size_t i = 0; i < sizeof(mode_names) / sizeof(mode_names[0]); i++)
+			if (!strcmp(v, mode_names[i]))
+				r->fail_mode = (enum mode)i;
+	}
 }
 
 /* Decode a snappy-compressed ReadRequest into <r>. Returns 0 or -1 with a message in <err>. */
@@ -532,6 +542,12 @@ struct tag_stat {
 	char tag[128];
 	uint64_t n;
 	char *headers_json; /* JSON object of the last request's headers */
+	uint64_t first_seq; /* arrival number (st.read_seq) of the first read carrying the tag */
+	uint64_t last_seq;  /* ... and of the last one */
+	int64_t first_ms;   /* CLOCK_MONOTONIC ms when the first read arrived */
+	int64_t last_ms;    /* ... and the last one */
+	uint64_t done;      /* reads of the tag whose response was written out (or abandoned) */
+	int64_t done_ms;    /* CLOCK_MONOTONIC ms when the last one ended */
 };
 
 /* GET /api/v1/series requests whose match[] carries tag="...": count and the last request target. */
@@ -553,7 +569,17 @@ static struct {
 	uint64_t connections_total, connections_open;
 	uint64_t stream_bytes; /* stream frame bytes handed to the socket */
 	uint64_t client_gone;  /* responses abandoned because the client closed */
+	uint64_t read_seq;     /* decoded reads so far: the arrival number of the last one */
+	uint64_t reads_active; /* reads decoded whose response is not yet written out (or abandoned) */
+	uint64_t max_reads_active; /* the most reads_active has been */
 } st;
+
+static int64_t mono_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static void count_path(const char *path)
 {
@@ -625,13 +651,30 @@ struct conn {
 	uint64_t stream_s;     /* next series of that query */
 	uint64_t stream_frames;/* frames written so far */
 	int stream_cut;        /* die_midstream / truncated: stop early */
+	int read_active;       /* counted in st.reads_active until the response is written out */
+	int read_tag;          /* index + 1 in st.tags of the active read's tag; 0: none */
 };
 
 static struct event_base *base;
 static struct conn *conns;
 
+/* The read on <c> is over (its response written out, or the connection gone). */
+static void read_end(struct conn *c)
+{
+	if (!c->read_active)
+		return;
+	c->read_active = 0;
+	st.reads_active--;
+	if (c->read_tag) {
+		st.tags[c->read_tag - 1].done++;
+		st.tags[c->read_tag - 1].done_ms = mono_ms();
+	}
+	c->read_tag = 0;
+}
+
 static void conn_free(struct conn *c)
 {
+	read_end(c);
 	if (c->reset_after) {
 		struct linger lg = {1, 0};
 		evutil_socket_t fd = bufferevent_getfd(c->bev);
@@ -657,6 +700,7 @@ static void conn_free(struct conn *c)
 
 static void conn_reset_request(struct conn *c)
 {
+	read_end(c);
 	for (size_t i = 0; i < c->n_hdrs; i++) {
 		free(c->hdrs[i].name);
 		free(c->hdrs[i].value);
@@ -908,6 +952,13 @@ static void record_tag(struct conn *c, const char *tag)
 	}
 	struct tag_stat *t = &st.tags[i];
 	t->n++;
+	if (t->n == 1) {
+		t->first_seq = st.read_seq;
+		t->first_ms = mono_ms();
+	}
+	t->last_seq = st.read_seq;
+	t->last_ms = mono_ms();
+	c->read_tag = (int)i + 1;
 	struct evbuffer *j = evbuffer_new();
 	evbuffer_add(j, "{", 1);
 	for (size_t k = 0; k < c->n_hdrs; k++) {
@@ -946,6 +997,20 @@ static void apply_grow(struct freq *r)
 	}
 }
 
+/*
+ * fail_first="N" (needs tag="..."): the first N reads carrying this tag act as fail_mode="..."
+ * (default status, with status="N") instead of their own mode; later ones behave as asked. A
+ * store that fails a few times, then recovers.
+ */
+static void apply_fail_first(struct conn *c)
+{
+	struct freq *r = c->req;
+	if (!r->fail_first || !*r->tag || !c->read_tag)
+		return;
+	if (st.tags[c->read_tag - 1].n <= r->fail_first)
+		r->mode = r->fail_mode;
+}
+
 static void record_probe_tag(const char *tag, const char *path)
 {
 	size_t i;
@@ -976,8 +1041,13 @@ static void handle_read(struct conn *c, const uint8_t *body, size_t len)
 		send_text(c, 400, "%s\n", err);
 		return;
 	}
-	st.modes[c->req->mode]++;
+	st.read_seq++;
+	c->read_active = 1;
+	if (++st.reads_active > st.max_reads_active)
+		st.max_reads_active = st.reads_active;
 	record_tag(c, c->req->tag);
+	apply_fail_first(c);
+	st.modes[c->req->mode]++;
 	apply_grow(c->req);
 	switch (c->req->mode) {
 	case MODE_HANG:
@@ -1119,7 +1189,12 @@ static void handle_stats(struct conn *c)
 		if (i)
 			evbuffer_add(o, ",", 1);
 		json_str(o, st.tags[i].tag);
-		evbuffer_add_printf(o, ":{\"count\":%" PRIu64 ",\"headers\":%s}", st.tags[i].n,
+		evbuffer_add_printf(o,
+				    ":{\"count\":%" PRIu64 ",\"first_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64
+				    ",\"first_ms\":%" PRId64 ",\"last_ms\":%" PRId64 ",\"done\":%" PRIu64
+				    ",\"done_ms\":%" PRId64 ",\"headers\":%s}",
+				    st.tags[i].n, st.tags[i].first_seq, st.tags[i].last_seq, st.tags[i].first_ms,
+				    st.tags[i].last_ms, st.tags[i].done, st.tags[i].done_ms,
 				    st.tags[i].headers_json ? st.tags[i].headers_json : "{}");
 	}
 	evbuffer_add_printf(o, "},\"probe_tags\":{");
@@ -1134,9 +1209,11 @@ static void handle_stats(struct conn *c)
 	evbuffer_add_printf(o,
 			    "},\"streamed_responses\":%" PRIu64 ",\"samples_responses\":%" PRIu64
 			    ",\"stream_bytes\":%" PRIu64 ",\"connections_total\":%" PRIu64
-			    ",\"connections_open\":%" PRIu64 ",\"client_gone\":%" PRIu64 "}\n",
+			    ",\"connections_open\":%" PRIu64 ",\"client_gone\":%" PRIu64 ",\"reads\":%" PRIu64
+			    ",\"reads_active\":%" PRIu64 ",\"max_reads_active\":%" PRIu64 ",\"now_ms\":%" PRId64 "}\n",
 			    st.streamed, st.samples_responses, st.stream_bytes, st.connections_total,
-			    st.connections_open, st.client_gone);
+			    st.connections_open, st.client_gone, st.read_seq, st.reads_active, st.max_reads_active,
+			    mono_ms());
 	size_t n = evbuffer_get_length(o);
 	send_response(c, 200, "application/json", "", evbuffer_pullup(o, -1), n);
 	evbuffer_free(o);

@@ -601,6 +601,27 @@ class FakeStore:
         """{"count": n, "headers": {...last request's headers...}} for requests carrying tag="<tag>"."""
         return self.stats()["tags"].get(tag, {"count": 0, "headers": {}})
 
+    def tag_stats(self, tag):
+        """Everything /stats keeps for tag="<tag>": count, first_seq/last_seq (arrival numbers among
+        all reads), first_ms/last_ms (arrival, CLOCK_MONOTONIC ms), done/done_ms (responses written
+        out or abandoned), headers. All zero when the tag never arrived."""
+        return self.stats()["tags"].get(tag, {"count": 0, "first_seq": 0, "last_seq": 0, "first_ms": 0,
+                                              "last_ms": 0, "done": 0, "done_ms": 0, "headers": {}})
+
+    def kill(self):
+        """SIGKILL: the store crashes (open connections are reset by the kernel). Quiet: the exit
+        code -9 is expected, so nothing is dumped. Idempotent; stop() afterwards is a no-op."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stdout and not self.proc.stdout.closed:
+            self.proc.stdout.close()
+        err_path = os.path.join(self.logdir, "stderr")
+        if os.path.isdir(self.logdir) and os.path.getsize(err_path) > 0:
+            sys.stderr.write(f"\n===== fakestore killed; stderr ({err_path}):\n{_tail(err_path)}\n=====\n")
+        else:
+            shutil.rmtree(self.logdir, ignore_errors=True)
+
     def stop(self):
         """SIGTERM (SIGKILL after 5 s). Its stderr is printed when it is not empty (sanitizer
         reports) or the exit code is not 0; otherwise its temp dir is removed. Idempotent."""
@@ -1005,3 +1026,70 @@ class EnvPromguard(Promguard):
         self.proc = subprocess.Popen([_env_bin("PROMGUARD_BIN"), "-c", self.cfg_path],
                                      stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=environ)
         err.close()
+
+
+# --------------------------------------------------------------------------------------------
+# the deferral queue (issue 5)
+
+def queue_status(pg):
+    """The "queue" object of promguard's /api/v1/status: length, limit, delayed_retries, deferred,
+    refused, exits{done,rejected,timeout,cancelled}, backoff{tracked_keys,max_tracked_keys,
+    evictions,forgotten}, tenants{name: queued}."""
+    r = pg.admin_get("/api/v1/status")
+    if r.status != 200:
+        raise AssertionError(f"/api/v1/status: {r}")
+    return json.loads(r.body)["queue"]
+
+
+def retry_after_seconds(resp):
+    """Retry-After of <resp> as an int, or None when absent or not a non-negative integer."""
+    v = resp.header("Retry-After")
+    if v is None or not re.fullmatch(r"\d+", v.strip()):
+        return None
+    return int(v)
+
+
+class Sampler:
+    """Calls <fn>() every <interval> s in a thread until stop(); keeps every value (.values) and
+    the largest (.max). Exceptions from <fn> are counted in .errors, not raised.
+
+        with H.Sampler(lambda: H.metric(pg.metrics(), "promguard_queue_tenants")) as s:
+            ...
+        s.max
+    """
+
+    def __init__(self, fn, interval=0.01):
+        import threading
+        self.fn = fn
+        self.interval = interval
+        self.values = []
+        self.errors = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                self.values.append(self.fn())
+            except Exception:
+                self.errors += 1
+            self._stop.wait(self.interval)
+
+    @property
+    def max(self):
+        return max(self.values) if self.values else None
+
+    def start(self):
+        self._t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        self._t.join(10)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
