@@ -496,6 +496,23 @@ static void top_record(struct proxy_flow *f, uint64_t fp, const char *tenant, co
 }
 
 /*
+ * The rate-limit slot of selector <fp>: two candidates (two-way associative), the one already
+ * holding <fp>, else the one used least recently. Direct mapping lost a selector's suppressed
+ * count whenever another selector took its slot.
+ */
+static struct log_slot *log_slot_for(struct proxy_flow *f, uint64_t fp)
+{
+	struct log_slot *a = &f->log_slots[fp % LOG_SLOTS];
+	struct log_slot *b = &f->log_slots[(fp >> 32) % LOG_SLOTS];
+
+	if (a->fingerprint == fp)
+		return a;
+	if (b->fingerprint == fp)
+		return b;
+	return a->last_ms <= b->last_ms ? a : b;
+}
+
+/*
  * Count and log a rejection or a shadow rejection of <fq> with the same labels, at most one log
  * line per selector per LOG_EVERY_MS (the next line reports how many were suppressed).
  */
@@ -504,7 +521,7 @@ static void note_rejection(struct flow_query *fq, const struct limiter_decision 
 	struct flow_req *fr = fq->fr;
 	struct proxy_flow *f = fr->f;
 	int shadow = d->verdict == LIMITER_SHADOW_REJECT;
-	struct log_slot *slot = &f->log_slots[fq->est.fingerprint % LOG_SLOTS];
+	struct log_slot *slot = log_slot_for(f, fq->est.fingerprint);
 	int64_t now = now_ms();
 	char sel[SELECTOR_MAX], qsel[SELECTOR_MAX + 64], range[128], lim[48], suppressed[48] = "";
 
