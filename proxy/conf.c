@@ -914,6 +914,13 @@ static const struct field queue_fields[] = {
 	END
 };
 
+static const struct field client_fields[] = {
+	NUM(struct conf, "request_timeout", client_request_timeout_ms, CONF_T_DURATION, 30 * MS_S, 100, MS_H, 1),
+	NUM(struct conf, "idle_timeout", client_idle_timeout_ms, CONF_T_DURATION, 2 * MS_M, 100, MS_D, 1),
+	NUM(struct conf, "write_timeout", client_write_timeout_ms, CONF_T_DURATION, 2 * MS_M, 100, MS_D, 1),
+	END
+};
+
 static const struct field admin_fields[] = {
 	STR(struct conf, "reload_token_file", admin_reload_token_file, NULL, NULL, 1),
 	NUM(struct conf, "max_tenant_labels", admin_max_tenant_labels, CONF_T_COUNT, 1000, 1, 100000, 1),
@@ -934,6 +941,7 @@ static const struct field root_fields[] = {
 	SECTION("estimator", estimator_fields, NULL),
 	SECTION("pool", pool_fields, post_pool),
 	SECTION("queue", queue_fields, post_queue),
+	SECTION("client", client_fields, NULL),
 	SECTION("admin", admin_fields, post_admin),
 	NUM(struct conf, "shutdown_grace", shutdown_grace_ms, CONF_T_DURATION, 30 * MS_S, 0, MS_H, 1),
 	END

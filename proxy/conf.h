@@ -159,6 +159,11 @@ struct conf {
 	int64_t queue_retry_rate;   /* global token bucket: retries per second (0: off) */
 	int64_t queue_retry_burst;  /* and its size */
 
+	/* client */
+	int64_t client_request_timeout_ms;
+	int64_t client_idle_timeout_ms;
+	int64_t client_write_timeout_ms;
+
 	/* admin */
 	char *admin_reload_token_file; /* NULL: POST /-/reload needs no token */
 	char *admin_reload_token;      /* read from it at load (never printed) */

@@ -285,6 +285,16 @@ static void on_stop_signal(evutil_socket_t sig, short what, void *arg)
 	event_add(app->drain_check, &poll);
 }
 
+/* client.* timeouts onto both listeners (the admin one too: it is a client port like any). */
+static void apply_client_timeouts(struct app *app, const struct conf *c)
+{
+	struct proxy_server_timeouts t = { c->client_request_timeout_ms, c->client_idle_timeout_ms,
+					   c->client_write_timeout_ms };
+
+	proxy_server_set_timeouts(app->data, &t);
+	proxy_server_set_timeouts(app->admin, &t);
+}
+
 /*
  * Load the config file again and swap it in for new requests (SIGHUP, POST /-/reload). Keys a
  * reload cannot change keep their running value, with a warning. On any error the running config
@@ -333,6 +343,7 @@ static int app_reload(void *arg, struct evbuffer *errs)
 	}
 	conf_unref(app->conf);
 	app->conf = next;
+	apply_client_timeouts(app, next);
 	app->admin_ctx.conf = next;
 	log_set_level_from(next);
 	metrics_set_tenant_limit((size_t)next->admin_max_tenant_labels);
@@ -451,6 +462,7 @@ static int run(struct conf *conf)
 			return 1;
 		}
 	}
+	apply_client_timeouts(&app, conf);
 	app.sig_term = evsignal_new(app.base, SIGTERM, on_stop_signal, &app);
 	app.sig_int = evsignal_new(app.base, SIGINT, on_stop_signal, &app);
 	app.sig_hup = evsignal_new(app.base, SIGHUP, on_hup, &app);

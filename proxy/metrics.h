@@ -120,6 +120,8 @@ enum metrics_buckets {
 	  "Estimator entries dropped to stay within estimator.max_memory.") \
 	X(CONFIG_RELOAD_OK, "promguard_config_last_reload_successful", METRICS_GAUGE, "", METRICS_B_NONE, \
 	  "1 if the last configuration load succeeded.") \
+	X(CLIENT_TIMEOUTS, "promguard_client_timeouts_total", METRICS_COUNTER, "kind", METRICS_B_NONE, \
+	  "Client connections closed by a timeout: request (client.request_timeout, 408), idle, write.") \
 	X(CLIENT_CONNECTIONS, "promguard_client_connections", METRICS_GAUGE, "listener", METRICS_B_NONE, \
 	  "Open client connections per listener.") \
 	X(ADMIN_UNAUTHORIZED, "promguard_admin_unauthorized_total", METRICS_COUNTER, "endpoint", METRICS_B_NONE, \

@@ -23,6 +23,11 @@
 #include "proxy/netaddr.h"
 
 #define ACCEPT_RETRY_MS 1000 /* accept paused on EMFILE/ENFILE is retried after this */
+/*
+ * Largest single write to a client. libevent writes at most this much per EV_WRITE wakeup, so it
+ * sets how many loop passes (epoll_wait + writev, and a wakeup of the reader) a relayed MiB costs.
+ */
+#define CLIENT_MAX_WRITE (4 * 1024 * 1024)
 
 enum conn_state {
 	CONN_HEAD,     /* reading a request head */
@@ -76,6 +81,7 @@ struct proxy_server {
 	struct conn_list conns;
 	size_t n_conns;
 	int draining;
+	struct proxy_server_timeouts to; /* client.* timeouts */
 };
 
 static void conn_process(struct proxy_conn *c);
@@ -176,7 +182,7 @@ static void conn_finish_request(struct proxy_conn *c)
 	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
 	bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
 	bufferevent_enable(c->bev, EV_READ);
-	set_read_timeout(c, PROXY_IDLE_TIMEOUT_MS);
+	set_read_timeout(c, (int)c->srv->to.idle_ms);
 	conn_process(c); /* a pipelined request may already be buffered */
 }
 
@@ -208,7 +214,7 @@ static void write_head(struct proxy_req *r, int status, const char *framing)
 	struct evbuffer *out = bufferevent_get_output(c->bev);
 	int keep = r->head.keep_alive && !c->close_after && !c->srv->draining && !r->oversize;
 
-	struct timeval wtv = { PROXY_WRITE_TIMEOUT_MS / 1000, 0 };
+	struct timeval wtv = { c->srv->to.write_ms / 1000, (c->srv->to.write_ms % 1000) * 1000 };
 
 	if (!keep)
 		c->close_after = 1;
@@ -430,9 +436,9 @@ static void conn_process(struct proxy_conn *c)
 					return;
 				}
 				/* the deadline runs from the first byte: slow heads and bodies end here */
-				struct timeval tv = { PROXY_REQUEST_TIMEOUT_MS / 1000, 0 };
+				struct timeval tv = { c->srv->to.request_ms / 1000, (c->srv->to.request_ms % 1000) * 1000 };
 				event_add(c->deadline, &tv);
-				set_read_timeout(c, PROXY_REQUEST_TIMEOUT_MS);
+				set_read_timeout(c, (int)c->srv->to.request_ms);
 			}
 			rc = http_parse_head(in, 1, &r->head, err, sizeof(err));
 			if (rc == 0)
@@ -506,6 +512,18 @@ static void write_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* A client that did not send its whole request within client.request_timeout (slowloris). */
+static void request_timeout(struct proxy_conn *c)
+{
+	char d[32];
+
+	snprintf(d, sizeof(d), "%lldms", (long long)c->srv->to.request_ms);
+	metrics_inc(METRICS_CLIENT_TIMEOUTS, "request", NULL);
+	log_info("request timeout", "listener=%s peer=%s state=%s limit=client.request_timeout value=%s", c->srv->name,
+		 c->peer, c->state == CONN_HEAD ? "head" : "body", d);
+	conn_fail(c, 408, "promguard: request timeout: no complete request within %s (client.request_timeout)", d);
+}
+
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct proxy_conn *c = arg;
@@ -513,13 +531,18 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	(void)bev;
 	if (what & BEV_EVENT_TIMEOUT) {
 		if (c->state == CONN_HEAD && !c->req) {
-			conn_schedule_free(c); /* idle keep-alive connection */
+			metrics_inc(METRICS_CLIENT_TIMEOUTS, "idle", NULL);
+			conn_schedule_free(c); /* idle keep-alive connection: client.idle_timeout */
 			return;
 		}
 		if (c->state == CONN_HEAD || c->state == CONN_BODY) {
-			conn_fail(c, 408, "promguard: request timeout: no complete request within %ds",
-				  PROXY_REQUEST_TIMEOUT_MS / 1000);
+			request_timeout(c);
 			return;
+		}
+		if (what & BEV_EVENT_WRITING) {
+			metrics_inc(METRICS_CLIENT_TIMEOUTS, "write", NULL);
+			log_info("write timeout", "listener=%s peer=%s limit=client.write_timeout value=%lldms", c->srv->name,
+				 c->peer, (long long)c->srv->to.write_ms);
 		}
 	}
 	conn_lost(c);
@@ -532,8 +555,7 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
 	(void)fd;
 	(void)what;
 	if (c->state == CONN_HEAD || c->state == CONN_BODY)
-		conn_fail(c, 408, "promguard: request timeout: no complete request within %ds",
-			  PROXY_REQUEST_TIMEOUT_MS / 1000);
+		request_timeout(c);
 }
 
 static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
@@ -565,9 +587,9 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->state = CONN_HEAD;
 	netaddr_tune_socket(fd);
 	/* libevent moves at most 16 KiB per syscall by default; streams want larger writes */
-	bufferevent_set_max_single_write(c->bev, PROXY_IO_CHUNK);
+	bufferevent_set_max_single_write(c->bev, CLIENT_MAX_WRITE);
 	bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-	set_read_timeout(c, PROXY_IDLE_TIMEOUT_MS);
+	set_read_timeout(c, (int)c->srv->to.idle_ms);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
@@ -617,6 +639,7 @@ struct proxy_server *proxy_server_new(struct event_base *base, const char *name,
 		return NULL;
 	}
 	s->base = base;
+	s->to = (struct proxy_server_timeouts){ PROXY_REQUEST_TIMEOUT_MS, PROXY_IDLE_TIMEOUT_MS, PROXY_WRITE_TIMEOUT_MS };
 	s->cbs = *cbs;
 	s->arg = arg;
 	s->name = strdup(name);
@@ -675,4 +698,10 @@ void proxy_server_drain(struct proxy_server *s)
 size_t proxy_server_connections(const struct proxy_server *s)
 {
 	return s->n_conns;
+}
+
+void proxy_server_set_timeouts(struct proxy_server *s, const struct proxy_server_timeouts *t)
+{
+	if (s)
+		s->to = *t;
 }

@@ -24,10 +24,17 @@ struct evbuffer;
 struct proxy_req;
 struct proxy_server;
 
-/* Limits of the client side. */
+/* Limits of the client side (defaults of client.request_timeout, idle_timeout, write_timeout). */
 #define PROXY_REQUEST_TIMEOUT_MS 30000  /* head plus body must arrive within this */
 #define PROXY_IDLE_TIMEOUT_MS 120000    /* keep-alive connection with no request */
 #define PROXY_WRITE_TIMEOUT_MS 120000   /* a reply that makes no write progress for this long */
+
+/* The client timeouts of a server, in milliseconds (all > 0). */
+struct proxy_server_timeouts {
+	int64_t request_ms; /* head plus body (slowloris): 408 */
+	int64_t idle_ms;    /* keep-alive connection with no request: closed */
+	int64_t write_ms;   /* a reply with no write progress (a client that stopped reading): closed */
+};
 #define PROXY_OUT_HIGH_WATER (256 * 1024) /* client output above this: producer should pause */
 #define PROXY_OUT_LOW_WATER (64 * 1024)   /* ...and resumes when it drains below this */
 #define PROXY_IO_CHUNK (128 * 1024)       /* largest single socket read or write */
@@ -45,6 +52,9 @@ struct proxy_server_cbs {
  */
 struct proxy_server *proxy_server_new(struct event_base *base, const char *name, const char *addr,
 				      const struct proxy_server_cbs *cbs, void *arg, char *err, size_t errlen);
+
+/* Use <t> for requests that start from now on (reload). */
+void proxy_server_set_timeouts(struct proxy_server *s, const struct proxy_server_timeouts *t);
 
 /* Close the listener and every connection (in-flight requests get on_close). NULL is fine. */
 void proxy_server_free(struct proxy_server *s);
