@@ -127,9 +127,11 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
 /* RFC 3339 UTC with milliseconds, e.g. 2026-11-22T03:00:00.000Z; raw ms if out of range. */
 static void put_time(struct sbuf *b, int64_t ms)
 {
-	/* Floor division so that negative times keep a positive millisecond part. */
+	/* Floor division so that negative times keep a positive millisecond part. The fraction
+	 * comes from the remainder, not from ms - sec * 1000: near INT64_MIN (a client may send
+	 * any int64) sec * 1000 overflows (fuzz_request: regressions/request/int64-min-start-ms). */
 	int64_t sec = ms / 1000 - (ms % 1000 < 0);
-	int64_t frac = ms - sec * 1000;
+	int64_t frac = ms % 1000 < 0 ? ms % 1000 + 1000 : ms % 1000;
 	time_t t = (time_t)sec;
 	struct tm tm;
 	char out[64];
@@ -239,24 +241,31 @@ static void put_matcher(struct sbuf *b, const struct proto_matcher *m)
 /* ---- printers --------------------------------------------------------------------------- */
 
 /*
- * The first EQ matcher on __name__ with a valid metric name becomes the leading name; all other
- * matchers follow in braces in their original order (a lone name prints without braces).
+ * An EQ matcher on __name__ with a valid metric name becomes the leading name when it is the
+ * only matcher on __name__; all other matchers follow in braces in their original order (a lone
+ * name prints without braces).
  */
 size_t proto_selector_print(const struct proto_query *q, char *buf, size_t n)
 {
 	struct sbuf b;
-	size_t name_at = SIZE_MAX;
+	size_t name_at = SIZE_MAX, name_matchers = 0;
 	int first = 1;
 
 	sb_init(&b, buf, n);
 	for (size_t i = 0; i < q->n_matchers; i++) {
 		const struct proto_matcher *m = &q->matchers[i];
 
-		if (m->type == PROTO_MATCH_EQ && strcmp(m->name, "__name__") == 0 && is_legacy_name(m->value, 1)) {
+		if (strcmp(m->name, "__name__") != 0)
+			continue;
+		name_matchers++;
+		if (m->type == PROTO_MATCH_EQ && is_legacy_name(m->value, 1))
 			name_at = i;
-			break;
-		}
 	}
+	/* `a{__name__="b"}` names the metric twice, which PromQL (and proto_selector_parse) refuse:
+	 * with a second __name__ matcher, print them all in braces so that the text parses back
+	 * (fuzz_selector: regressions/selector/two-name-matchers-print-unparsable). */
+	if (name_matchers != 1)
+		name_at = SIZE_MAX;
 	if (name_at != SIZE_MAX) {
 		sb_puts(&b, q->matchers[name_at].value);
 		if (q->n_matchers == 1)

@@ -747,7 +747,9 @@ static int check_printable(const char *s, size_t max, const char *what, char *wh
 	for (i = 0; i < len; i++)
 		if (s[i] < 0x20 || s[i] > 0x7e)
 			break;
-	if (i < len || len > max || s[0] == ' ' || s[len - 1] == ' ') {
+	/* len 0 (`name: ""`) must not look at s[len - 1], before the string
+	 * (fuzz_conf: regressions/conf/empty-name-reads-before-string) */
+	if (i < len || len > max || (len && (s[0] == ' ' || s[len - 1] == ' '))) {
 		snprintf(why, n, "%s must be printable ASCII without leading or trailing spaces, "
 			 "at most %zu bytes", what, max);
 		return -1;

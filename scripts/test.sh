@@ -6,8 +6,11 @@
 #   3. ctest in build/                      all tiers: unit, integration, e2e
 #   4. build-asan/ with -DPROMGUARD_SANITIZE=ON, ctest -L 'unit|integration'
 #      under ASan (leak detection on) and UBSan (halt on error)
+#   5. build-fuzz/ with CC=clang -DPROMGUARD_FUZZ=ON, ctest -L fuzz: each libFuzzer
+#      target (tests/fuzz/) over its seed corpus and regression inputs, then a fixed
+#      number of runs with -seed=1, under ASan (leaks too) and UBSan
 #
-# Both ctest runs always happen so one report shows every failure; a build failure
+# All three ctest runs always happen so one report shows every failure; a build failure
 # stops at once. CTEST_PARALLEL_LEVEL (read by ctest itself) runs tests in parallel.
 # This is exactly what .ci/run executes.
 set -euo pipefail
@@ -36,6 +39,14 @@ if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	ctest --test-dir build-asan -L 'unit|integration' --output-on-failure --no-tests=error; then
 	failed+=("ctest build-asan/ (unit, integration under sanitizers)")
+fi
+
+stage "build the libFuzzer targets with clang (build-fuzz/)"
+CC=clang BUILD_DIR=build-fuzz ./scripts/build.sh -DPROMGUARD_FUZZ=ON
+
+stage "ctest: fuzz targets (build-fuzz/)"
+if ! ctest --test-dir build-fuzz -L fuzz --output-on-failure --no-tests=error; then
+	failed+=("ctest build-fuzz/ (fuzz)")
 fi
 
 stage "done in $((SECONDS - t0))s"

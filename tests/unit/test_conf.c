@@ -546,6 +546,23 @@ static void test_tenant_names_must_be_printable(void **state)
 		      "t.yml:4: tenants.a.max_series: must be at least 1, got 0\n");
 }
 
+/* fuzz_conf found this (tests/fuzz/regressions/conf/empty-name-reads-before-string): the
+ * printable-name check looked at s[len - 1] of an empty tenant name, a byte before the string
+ * (UBSan in build-asan/ stops here without the fix). An empty name has no spaces to refuse. */
+static void test_empty_tenant_name_is_checked_in_bounds(void **state)
+{
+	struct conf *c = load_ok(MINIMAL "tenants:\n  \"\": {max_series: 1}\n");
+
+	(void)state;
+	assert_int_equal(c->n_tenants, 1);
+	assert_string_equal(c->tenants[0].name, "");
+	assert_int_equal(conf_limits_for(c, "")->v[CONF_LIMIT_MAX_SERIES], 1);
+	conf_free(c);
+	/* rule names go through the same check, after the one refusing empty strings */
+	expect_errors(MINIMAL "rules:\n  - {name: \"\", when: {metric: up}}\n",
+		      "t.yml:4: rules[0].name: must not be empty\n");
+}
+
 static void test_yaml_syntax_error_has_a_line(void **state)
 {
 	char *e;
@@ -806,6 +823,7 @@ int main(void)
 		cmocka_unit_test(test_addresses_paths_and_header_names_are_validated),
 		cmocka_unit_test(test_watermarks_and_delays_are_ordered),
 		cmocka_unit_test(test_tenant_names_must_be_printable),
+		cmocka_unit_test(test_empty_tenant_name_is_checked_in_bounds),
 		cmocka_unit_test(test_yaml_syntax_error_has_a_line),
 		cmocka_unit_test(test_unreadable_file_is_enoent_or_eio),
 		cmocka_unit_test(test_example_config_loads),

@@ -369,6 +369,26 @@ static void test_selector_without_usable_name_prints_all_matchers(void **state)
 	assert_string_equal(buf, "{}");
 }
 
+/* fuzz_selector found this (tests/fuzz/regressions/selector/two-name-matchers-print-unparsable):
+ * `a{__name__="b"}` names the metric twice, which PromQL refuses, so with a second __name__
+ * matcher the name stays in braces. */
+static void test_selector_with_two_name_matchers_keeps_them_in_braces(void **state)
+{
+	struct proto_matcher two[] = { { PROTO_MATCH_EQ, "__name__", "a" }, { PROTO_MATCH_EQ, "__name__", "b" } };
+	struct proto_matcher neq[] = { { PROTO_MATCH_EQ, "job", "x" },
+				       { PROTO_MATCH_EQ, "__name__", "up" },
+				       { PROTO_MATCH_NEQ, "__name__", "down" } };
+	struct proto_query q = query_of(two, 2);
+	char buf[128];
+
+	(void)state;
+	proto_selector_print(&q, buf, sizeof(buf));
+	assert_string_equal(buf, "{__name__=\"a\",__name__=\"b\"}");
+	q = query_of(neq, 3);
+	proto_selector_print(&q, buf, sizeof(buf));
+	assert_string_equal(buf, "{job=\"x\",__name__=\"up\",__name__!=\"down\"}");
+}
+
 static void test_selector_escapes_label_values(void **state)
 {
 	struct proto_matcher m[] = { { PROTO_MATCH_EQ, "__name__", "up" },
@@ -416,6 +436,22 @@ static void test_range_prints_rfc3339_milliseconds(void **state)
 	q.end_ms = INT64_MAX;
 	proto_range_print(&q, buf, sizeof(buf));
 	assert_string_equal(buf, "[1969-12-31T23:59:59.999Z,9223372036854775807ms]");
+}
+
+/* fuzz_request found this (tests/fuzz/regressions/request/int64-min-start-ms): the millisecond
+ * part was computed as ms - sec * 1000, which overflows for a start near INT64_MIN. */
+static void test_range_prints_int64_extremes_without_overflow(void **state)
+{
+	struct proto_query q = { .start_ms = INT64_MIN, .end_ms = INT64_MAX };
+	char buf[128];
+
+	(void)state;
+	proto_range_print(&q, buf, sizeof(buf));
+	assert_string_equal(buf, "[-9223372036854775808ms,9223372036854775807ms]");
+	q.start_ms = INT64_MIN + 1;
+	q.end_ms = -1001;
+	proto_range_print(&q, buf, sizeof(buf));
+	assert_string_equal(buf, "[-9223372036854775807ms,1969-12-31T23:59:58.999Z]");
 }
 
 static void test_hints_print_step_func_range_and_grouping(void **state)
@@ -496,9 +532,11 @@ int main(void)
 		cmocka_unit_test(test_allocator_failure_is_enomem_and_leaks_nothing),
 		cmocka_unit_test(test_selector_prints_metric_name_form),
 		cmocka_unit_test(test_selector_without_usable_name_prints_all_matchers),
+		cmocka_unit_test(test_selector_with_two_name_matchers_keeps_them_in_braces),
 		cmocka_unit_test(test_selector_escapes_label_values),
 		cmocka_unit_test(test_printers_truncate_like_snprintf),
 		cmocka_unit_test(test_range_prints_rfc3339_milliseconds),
+		cmocka_unit_test(test_range_prints_int64_extremes_without_overflow),
 		cmocka_unit_test(test_hints_print_step_func_range_and_grouping),
 		cmocka_unit_test(test_encode_round_trips_through_decode),
 	};

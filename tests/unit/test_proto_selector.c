@@ -220,6 +220,15 @@ static void test_round_trips_through_the_printer(void **state)
 	expect_round_trip("a{\"k8s.pod\"=\"p\"}", "a{\"k8s.pod\"=\"p\"}");
 }
 
+/* fuzz_selector found this (tests/fuzz/regressions/selector/two-name-matchers-print-unparsable):
+ * the printer hoisted the first name out, printing `a{__name__="b"}`, which does not parse. */
+static void test_two_name_matchers_round_trip_in_braces(void **state)
+{
+	(void)state;
+	expect_round_trip("{__name__=\"a\",__name__=\"b\"}", "{__name__=\"a\",__name__=\"b\"}");
+	expect_round_trip("{__name__=\"a\", __name__!~\"b.*\"}", "{__name__=\"a\",__name__!~\"b.*\"}");
+}
+
 static void test_clear_accepts_a_cleared_selector(void **state)
 {
 	struct proto_selector s;
@@ -245,6 +254,7 @@ int main(void)
 		cmocka_unit_test(test_accepts_quoted_label_names_as_printed_by_promql3),
 		cmocka_unit_test(test_rejects_malformed_selectors_naming_the_offset),
 		cmocka_unit_test(test_round_trips_through_the_printer),
+		cmocka_unit_test(test_two_name_matchers_round_trip_in_braces),
 		cmocka_unit_test(test_clear_accepts_a_cleared_selector),
 	};
 
