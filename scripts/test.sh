@@ -6,11 +6,13 @@
 #   3. ctest in build/                      all tiers: unit, integration, e2e
 #   4. build-asan/ with -DPROMGUARD_SANITIZE=ON, ctest -L 'unit|integration'
 #      under ASan (leak detection on) and UBSan (halt on error)
-#   5. build-fuzz/ with CC=clang -DPROMGUARD_FUZZ=ON, ctest -L fuzz: each libFuzzer
+#   5. the integration tier of build/ again with promguard under valgrind
+#      (PROMGUARD_VALGRIND=1: memcheck, full leak check; any error or leak fails the test)
+#   6. build-fuzz/ with CC=clang -DPROMGUARD_FUZZ=ON, ctest -L fuzz: each libFuzzer
 #      target (tests/fuzz/) over its seed corpus and regression inputs, then a fixed
 #      number of runs with -seed=1, under ASan (leaks too) and UBSan
 #
-# All three ctest runs always happen so one report shows every failure; a build failure
+# All four ctest runs always happen so one report shows every failure; a build failure
 # stops at once. CTEST_PARALLEL_LEVEL (read by ctest itself) runs tests in parallel.
 # This is exactly what .ci/run executes.
 set -euo pipefail
@@ -39,6 +41,11 @@ if ! ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	ctest --test-dir build-asan -L 'unit|integration' --output-on-failure --no-tests=error; then
 	failed+=("ctest build-asan/ (unit, integration under sanitizers)")
+fi
+
+stage "ctest: integration under valgrind (build/)"
+if ! PROMGUARD_VALGRIND=1 ctest --test-dir build -L integration -j2 --output-on-failure --no-tests=error; then
+	failed+=("ctest build/ (integration under valgrind)")
 fi
 
 stage "build the libFuzzer targets with clang (build-fuzz/)"

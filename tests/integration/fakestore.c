@@ -236,11 +236,12 @@ enum mode {
 	MODE_CLOSE,
 	MODE_RESET,
 	MODE_BIG_ERROR_BODY,
+	MODE_STALL,
 };
 
 static const char *mode_names[] = {
 	"ok", "status", "hang", "delay", "die_midstream", "bad_crc", "truncated", "garbage", "close",
-	"reset", "big_error_body",
+	"reset", "big_error_body", "stall",
 };
 
 /* One query of the request, with its behaviour labels already read out. */
@@ -800,9 +801,14 @@ static void stream_more(struct conn *c)
 			c->stream_s = 0;
 		}
 		int end = c->stream_qi >= r->n_queries;
-		if (!end && (r->mode == MODE_DIE_MIDSTREAM || r->mode == MODE_TRUNCATED) &&
+		if (!end && (r->mode == MODE_DIE_MIDSTREAM || r->mode == MODE_TRUNCATED || r->mode == MODE_STALL) &&
 		    c->stream_frames >= r->frames)
 			end = 1;
+		if (end && r->mode == MODE_STALL) {
+			/* stall: the frames so far, then nothing more (no end, no close) */
+			c->state = CS_WAITING;
+			break;
+		}
 		if (end) {
 			if (r->mode == MODE_DIE_MIDSTREAM) {
 				c->close_after = 1;
@@ -909,8 +915,8 @@ static void respond_read(struct conn *c)
 	buf_free(&pb);
 	if (r->mode == MODE_TRUNCATED) {
 		clen /= 2;
-	} else if (r->mode == MODE_DIE_MIDSTREAM) {
-		/* headers and half the body (chunked), then the socket closes */
+	} else if (r->mode == MODE_DIE_MIDSTREAM || r->mode == MODE_STALL) {
+		/* headers and half the body (chunked), then the socket closes (stall: stays open, silent) */
 		struct evbuffer *o = bufferevent_get_output(c->bev);
 		evbuffer_add_printf(o, "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\n"
 				       "Content-Encoding: snappy\r\nTransfer-Encoding: chunked\r\n\r\n%zx\r\n",
@@ -918,6 +924,10 @@ static void respond_read(struct conn *c)
 		evbuffer_add(o, comp, clen / 2);
 		evbuffer_add(o, "\r\n", 2);
 		free(comp);
+		if (r->mode == MODE_STALL) {
+			c->state = CS_WAITING;
+			return;
+		}
 		c->close_after = 1;
 		c->state = CS_FLUSHING;
 		return;

@@ -229,10 +229,13 @@ class QueueTest(unittest.TestCase):
         arrivals = sorted(t["first_ms"] for t in ts)
         dones = sorted(t["done_ms"] for t in ts)
         gaps = [arrivals[k] - dones[k - slots] for k in range(slots, n)]
-        self.assertLess(max(gaps), 150, f"a freed slot stayed idle: gaps (ms) {gaps}")
+        if H.valgrind():  # a latency bound: meaningless at valgrind's speed (order and count still hold)
+            print(f"\n  valgrind: idle-slot gaps not checked: {gaps} ms")
+        else:
+            self.assertLess(max(gaps), 150, f"a freed slot stayed idle: gaps (ms) {gaps}")
         rounds = math.ceil(n / slots) * delay_ms / 1000 + phase
         self.assertGreaterEqual(elapsed, rounds * 0.95, "more than max_inflight ran at once")
-        self.assertLess(elapsed, rounds + 1.5, f"burst took {elapsed:.2f}s for {rounds:.1f}s of work")
+        self.assertLess(elapsed, rounds + H.scaled(1.5, by=3), f"burst took {elapsed:.2f}s for {rounds:.1f}s of work")
 
         m = pg.metrics()
         self.assertEqual(H.metric_sum(m, "promguard_rejections_total"), 0)
@@ -322,7 +325,7 @@ class QueueTest(unittest.TestCase):
         self.assertLessEqual(a_after - a_before, 4 * n_b + 4,
                              f"team-b waited for {a_after - a_before} of team-a's queries (round-robin: a handful)")
         self.assertGreater(left, 40, "team-a's queue had (nearly) drained before team-b was answered")
-        self.assertLess(max(c.elapsed for c in b_calls), 3.0, [round(c.elapsed, 3) for c in b_calls])
+        self.assertLess(max(c.elapsed for c in b_calls), H.scaled(3.0, by=3), [round(c.elapsed, 3) for c in b_calls])
         self.assertEqual(tenants.max, 2, f"promguard_queue_tenants never showed both tenants: {set(tenants.values)}")
         # team-b's reads are interleaved with team-a's, not after them
         st = store.stats()["tags"]
@@ -357,7 +360,7 @@ class QueueTest(unittest.TestCase):
         # tenant slow ran one at a time, each as soon as the previous was done
         for prev, nxt in zip(s, s[1:]):
             self.assertGreaterEqual(nxt["first_ms"], prev["done_ms"], s)
-            self.assertLess(nxt["first_ms"] - prev["done_ms"], 150, s)
+            self.assertLess(nxt["first_ms"] - prev["done_ms"], H.scaled(150, by=3), s)  # < the 500 ms
         self.assertEqual(H.metric(pg.metrics(), "promguard_queue_deferred_total", tenant="slow"), 2)
 
     # ---- 4. the deadline ------------------------------------------------------------------
@@ -374,9 +377,9 @@ class QueueTest(unittest.TestCase):
                                         rf"for limits\.max_inflight=1 \(queue\.max_wait=500ms\)\n$")
             waited = parse_duration_ms(m.group("waited"))
             self.assertGreaterEqual(waited, 480, r.text)
-            self.assertLess(waited, 1500, r.text)
+            self.assertLess(waited, H.scaled(1500, by=3), r.text)
             self.assertGreaterEqual(waiter.elapsed, 0.45)
-            self.assertLess(waiter.elapsed, 1.45)
+            self.assertLess(waiter.elapsed, H.scaled(1.45, by=3))
         self.assert_data(holder.result())
         for waiter in waiters:
             self.assertLess(waiter.t1, holder.t1)
@@ -437,10 +440,10 @@ class QueueTest(unittest.TestCase):
         self.assertEqual(metric(pg, "promguard_queue_length"), 2)
         t_close = time.monotonic()
         s.close()
-        H.wait_until(lambda: metric(pg, "promguard_queue_exits_total", outcome="cancelled") == 1, 1.0, 0.01,
-                     "exits{cancelled} == 1 within 1s of the client closing")
+        H.wait_until(lambda: metric(pg, "promguard_queue_exits_total", outcome="cancelled") == 1,
+                     H.scaled(1.0, by=3), 0.01, "exits{cancelled} == 1 within 1s of the client closing")
         self.assertEqual(metric(pg, "promguard_queue_length"), 1)
-        self.assertLess(time.monotonic() - t_close, 1.0)
+        self.assertLess(time.monotonic() - t_close, H.scaled(1.0, by=3))
         self.assertEqual(H.queue_status(pg)["tenants"], {"default": 1})
         self.assertIsNone(holder.t1, "the holder finished early: the test proved nothing")
 
@@ -630,7 +633,7 @@ class QueueTest(unittest.TestCase):
         self.assertIn(store.tag(tg)["count"], (n + 1, n + 2))
         # base_delay 50ms doubling (jittered): the retries end within queue.max_wait, not long before
         self.assertGreaterEqual(elapsed, 0.3, r.text)
-        self.assertLess(elapsed, 2.5, r.text)
+        self.assertLess(elapsed, H.scaled(2.5, by=3), r.text)
         self.assertTrue(any("retries=%d" % n in ln for ln in pg.log_lines("upstream failed")),
                         pg.log_lines("upstream failed"))
 

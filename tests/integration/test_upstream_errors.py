@@ -71,7 +71,7 @@ class UpstreamErrorsTest(unittest.TestCase):
         self.assert_decided_admit(r)
         self.assertEqual(r.text, "promguard: upstream timed out after 1s (upstream.timeout)\n")
         self.assertGreaterEqual(elapsed, 0.9)
-        self.assertLess(elapsed, 3.0)
+        self.assertLess(elapsed, H.scaled(3.0, by=3))
         self.assertEqual(self.delta("promguard_upstream_errors_total", kind="timeout"), 1)
         self.assertEqual(self.delta("promguard_requests_total", code="504"), 1)
         self.assert_still_serves()
@@ -83,8 +83,9 @@ class UpstreamErrorsTest(unittest.TestCase):
         self.assertRegex(r.text, H.ERROR_LINE_RE)
         self.assertRegex(r.text, r"^promguard: upstream .* \((\d+) retries; .*queue\.max_wait.*\)\n$")
         retries = int(re.search(r"\((\d+) retries", r.text).group(1))
-        # 50 ms doubling (jittered down by up to 20%) within 1 s: 3 to 5 retries
-        self.assertGreaterEqual(retries, 3, r.text)
+        # 50 ms doubling (jittered down by up to 20%) within 1 s: 3 to 5 retries (under valgrind
+        # each attempt takes longer, so fewer may fit)
+        self.assertGreaterEqual(retries, 2 if H.valgrind() else 3, r.text)
         self.assertLessEqual(retries, 6, r.text)
         self.assertEqual(self.delta("promguard_upstream_retries_total", kind=kind), retries)
         self.assertEqual(self.delta("promguard_upstream_errors_total", kind=kind), retries + 1)
@@ -100,7 +101,7 @@ class UpstreamErrorsTest(unittest.TestCase):
         labels = {"mode": "close", "tag": H.tag()}
         t0 = time.monotonic()
         r = self.pg.post_read(H.read_body(labels))
-        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assertLess(time.monotonic() - t0, H.scaled(3.0, by=3))
         self.assert_retried_then_failed(r, labels, "reset")
 
     def test_store_resetting_the_connection_is_retried_then_502_kind_reset(self):

@@ -467,6 +467,33 @@ def sanitized(pid):
         return False
 
 
+def valgrind():
+    """True when promguard runs under valgrind (env PROMGUARD_VALGRIND=1, see Promguard): it is then
+    20-50x slower and its RSS is valgrind's, so tests scale timing bounds (scaled()) or skip."""
+    return os.environ.get("PROMGUARD_VALGRIND") == "1"
+
+
+# How much longer waits on promguard may take under valgrind (startup, exit with the leak check,
+# requests): a generous factor, applied only to deadlines (the time a test may wait), never to
+# what it asserts a lower bound of.
+VALGRIND_SLOWDOWN = 10
+
+
+def scaled(seconds, by=VALGRIND_SLOWDOWN):
+    """<seconds> as a deadline for something promguard does: multiplied by VALGRIND_SLOWDOWN (or
+    <by>, for a latency bound that must stay below what it guards against) under valgrind,
+    unchanged otherwise."""
+    return seconds * by if valgrind() else seconds
+
+
+def cpu_seconds(pid):
+    """utime + stime of <pid> (all its threads) in seconds, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # fields[0] is the state (field 3 of stat); utime and stime are fields 14 and 15
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_bytes(pid):
     return proc_status(pid, "VmRSS")
 
@@ -665,6 +692,10 @@ class Promguard:
         self.stopped = False
         self.term_sent = False  # SIGTERM/SIGINT already sent: a second one may mean "exit now"
         self.dumped = False
+        self.nofile = None      # RLIMIT_NOFILE (soft and hard) for the process, None: inherited
+        self.valgrind_log = os.path.join(logdir, "valgrind.log") if valgrind() else None
+        self.valgrind_printed = False
+        self.valgrind_checked = False
         host, _, port = cfg["listen"].rpartition(":")
         self.port = int(port)
         self.admin_port = int(cfg["admin_listen"].rpartition(":")[2])
@@ -682,11 +713,14 @@ class Promguard:
         }
 
     @classmethod
-    def start(cls, testcase, upstream_url, config=None, timeout=10, wait_ready=False):
-        """Start promguard; <config> is deep-merged over default_config() (None deletes a key)."""
+    def start(cls, testcase, upstream_url, config=None, timeout=10, wait_ready=False, nofile=None):
+        """Start promguard; <config> is deep-merged over default_config() (None deletes a key).
+        <nofile> sets the process's RLIMIT_NOFILE (soft and hard) before it starts. Under valgrind
+        (PROMGUARD_VALGRIND=1) the startup <timeout> is scaled()."""
+        timeout = scaled(timeout)
         for attempt in range(3):
             try:
-                return cls._start_once(testcase, upstream_url, config, timeout, wait_ready)
+                return cls._start_once(testcase, upstream_url, config, timeout, wait_ready, nofile)
             except _PortTaken:
                 # a port free_port() picked was taken before promguard bound it: pick again,
                 # unless the test chose the ports itself
@@ -695,13 +729,14 @@ class Promguard:
         raise AssertionError("promguard could not bind free ports three times")
 
     @classmethod
-    def _start_once(cls, testcase, upstream_url, config, timeout, wait_ready):
+    def _start_once(cls, testcase, upstream_url, config, timeout, wait_ready, nofile=None):
         cfg = merge(cls.default_config(upstream_url), config or {})
         logdir = tempfile.mkdtemp(prefix="promguard-")
         cfg_path = os.path.join(logdir, "promguard.yml")
         with open(cfg_path, "w") as f:
             f.write(to_yaml(cfg) + "\n")
         pg = cls(cfg, cfg_path, logdir)
+        pg.nofile = nofile
         pg._spawn()
         _register_cleanup(testcase, lambda: pg.stop(testcase=testcase))
         try:
@@ -718,10 +753,58 @@ class Promguard:
         return pg
 
     def _spawn(self):
+        self._popen(None)
+
+    def _argv(self):
+        """The command line: the binary, or valgrind running it (PROMGUARD_VALGRIND=1)."""
+        argv = [_env_bin("PROMGUARD_BIN"), "-c", self.cfg_path]
+        if self.valgrind_log:
+            argv = ["valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
+                    "--show-leak-kinds=definite,indirect", "--errors-for-leak-kinds=definite,indirect",
+                    f"--log-file={self.valgrind_log}"] + argv
+        return argv
+
+    def _popen(self, env):
+        """Start the process (stderr and stdout to the log), with <env> (None: the test's own) and
+        the RLIMIT_NOFILE of self.nofile."""
+        nofile = self.nofile
+
+        def preexec():
+            if nofile is not None:
+                import resource
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         err = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([_env_bin("PROMGUARD_BIN"), "-c", self.cfg_path],
-                                     stdout=err, stderr=err, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(self._argv(), stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                                     preexec_fn=preexec if nofile is not None else None)
         err.close()
+
+    def valgrind_report(self):
+        """What valgrind wrote (errors, leaks), "" when nothing or not under valgrind."""
+        if not self.valgrind_log:
+            return ""
+        try:
+            with open(self.valgrind_log, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def assert_valgrind_clean(self):
+        """Under valgrind, once the process has exited: its report must be empty. Checked once."""
+        if not self.valgrind_log or self.valgrind_checked or self.proc is None or self.proc.poll() is None:
+            return
+        self.valgrind_checked = True
+        if self.print_valgrind_report():
+            self.dumped = True  # keep the log dir
+            raise AssertionError(f"valgrind reported problems (above; {self.valgrind_log})")
+
+    def print_valgrind_report(self):
+        """Print valgrind's report to stderr (once) when there is one; returns it."""
+        report = self.valgrind_report()
+        if report and not self.valgrind_printed:
+            self.valgrind_printed = True
+            sys.stderr.write(f"\n===== valgrind report ({self.valgrind_log}):\n{report}\n=====\n")
+        return report
 
     @property
     def pid(self):
@@ -776,12 +859,13 @@ class Promguard:
         """Wait for the process to exit; returns the exit code (the log is dumped when it is not 0)
         or None on timeout."""
         try:
-            code = self.proc.wait(timeout)
+            code = self.proc.wait(scaled(timeout))
         except subprocess.TimeoutExpired:
             return None
         if code != 0 and not self.dumped:
             self.dumped = True
             self.dump(f"exited with {code}")
+        self.print_valgrind_report()
         return code
 
     def kill(self):
@@ -794,13 +878,14 @@ class Promguard:
         """SIGTERM; assert exit code 0 within shutdown_grace (+5 s). Idempotent. With <testcase>
         (from the cleanup), the log is also dumped when that test failed."""
         if self.stopped:
+            self.assert_valgrind_clean()  # a test may have stopped it itself (wait_exit)
             return
         self.stopped = True
         if _test_failed(testcase) and not self.dumped:
             self.dumped = True
             self.dump("log of a failed test")
         if timeout is None:
-            timeout = _grace_seconds(self.cfg.get("shutdown_grace", "30s")) + 5
+            timeout = _grace_seconds(self.cfg.get("shutdown_grace", "30s")) + 5  # scaled() by wait_exit
         if self.proc.poll() is None and not self.term_sent:
             self.signal(signal.SIGTERM)
         code = self.wait_exit(timeout)
@@ -810,7 +895,12 @@ class Promguard:
             self.proc.wait()
             raise AssertionError(f"promguard did not exit within {timeout}s of SIGTERM")
         if code != 0:
-            raise AssertionError(f"promguard exited with code {code}, want 0")
+            if self.valgrind_report():
+                self.valgrind_checked = True  # printed by wait_exit(); fail once, here
+                self.dumped = True
+            raise AssertionError(f"promguard exited with code {code}, want 0"
+                                 + (" (99: valgrind found errors, see its report above)" if code == 99 else ""))
+        self.assert_valgrind_clean()
         if not self.dumped:
             shutil.rmtree(self.logdir, ignore_errors=True)
 
@@ -1011,9 +1101,9 @@ class EnvPromguard(Promguard):
     env = {}
 
     @classmethod
-    def start(cls, testcase, upstream_url, config=None, timeout=10, wait_ready=False, env=None):
+    def start(cls, testcase, upstream_url, config=None, timeout=10, wait_ready=False, env=None, nofile=None):
         bound = type(cls.__name__, (cls,), {"env": dict(cls.env, **(env or {}))})
-        return super(EnvPromguard, bound).start(testcase, upstream_url, config, timeout, wait_ready)
+        return super(EnvPromguard, bound).start(testcase, upstream_url, config, timeout, wait_ready, nofile)
 
     def _spawn(self):
         environ = dict(os.environ)
@@ -1022,10 +1112,7 @@ class EnvPromguard(Promguard):
                 environ.pop(k, None)
             else:
                 environ[k] = str(v)
-        err = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([_env_bin("PROMGUARD_BIN"), "-c", self.cfg_path],
-                                     stdout=err, stderr=err, stdin=subprocess.DEVNULL, env=environ)
-        err.close()
+        self._popen(environ)
 
 
 # --------------------------------------------------------------------------------------------
