@@ -20,26 +20,42 @@ enum {
 
 #define CHUNK_LINE_MAX 1024 /* chunk-size line or trailer line; longer is malformed */
 
-/* tchar per RFC 9110 5.6.2 */
-static int is_tchar(unsigned char c)
-{
-	return isalnum(c) || (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
+/* tchar per RFC 9110 5.6.2: ALPHA, DIGIT and "!#$%&'*+-.^_`|~" (a table: every header name of
+ * every message is checked) */
+static const unsigned char tchar[256] = {
+	['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1, ['-'] = 1,
+	['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+	['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1, ['8'] = 1, ['9'] = 1,
+	['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1, ['I'] = 1,
+	['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1, ['Q'] = 1, ['R'] = 1,
+	['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1, ['Y'] = 1, ['Z'] = 1,
+	['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1, ['i'] = 1,
+	['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1, ['q'] = 1, ['r'] = 1,
+	['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1, ['y'] = 1, ['z'] = 1,
+};
 
 static int token_ok(const char *s)
 {
 	if (!*s)
 		return 0;
 	for (; *s; s++)
-		if (!is_tchar((unsigned char)*s))
+		if (!tchar[(unsigned char)*s])
 			return 0;
 	return 1;
 }
 
 int http_value_ok(const char *s)
 {
-	for (; *s; s++)
-		if (*s == '\r' || *s == '\n')
+	return s[strcspn(s, "\r\n")] == '\0'; /* strcspn is vectorised; this runs for every header */
+}
+
+/* ASCII case-insensitive equality of <a> and the lower-case literal <lc> of length <n>. */
+static int name_is(const char *a, size_t alen, const char *lc, size_t n)
+{
+	if (alen != n)
+		return 0;
+	for (size_t i = 0; i < n; i++)
+		if ((unsigned char)(a[i] | 0x20) != (unsigned char)lc[i] && a[i] != lc[i])
 			return 0;
 	return 1;
 }
@@ -74,8 +90,11 @@ void http_msg_clear(struct http_msg *m)
 
 const char *http_msg_header(const struct http_msg *m, const char *name)
 {
+	/* the first letter (case folded) rules out most names without a strcasecmp call */
+	unsigned char c0 = (unsigned char)name[0] | 0x20;
+
 	for (size_t i = 0; i < m->n_headers; i++)
-		if (strcasecmp(m->headers[i].name, name) == 0)
+		if (((unsigned char)m->headers[i].name[0] | 0x20) == c0 && strcasecmp(m->headers[i].name, name) == 0)
 			return m->headers[i].value;
 	return NULL;
 }
@@ -155,8 +174,10 @@ static int parse_framing(struct http_msg *m, int is_request, char *err, size_t e
 
 	for (size_t i = 0; i < m->n_headers; i++) {
 		const char *n = m->headers[i].name, *v = m->headers[i].value;
+		size_t nl = strlen(n);
 
-		if (strcasecmp(n, "Content-Length") == 0) {
+#define NAME_IS(lit) name_is(n, nl, lit, sizeof(lit) - 1)
+		if (NAME_IS("content-length")) {
 			char *end;
 			errno = 0;
 			if (!isdigit((unsigned char)v[0])) {
@@ -175,17 +196,18 @@ static int parse_framing(struct http_msg *m, int is_request, char *err, size_t e
 			}
 			m->content_length = (int64_t)cl;
 			have_cl = 1;
-		} else if (strcasecmp(n, "Transfer-Encoding") == 0) {
+		} else if (NAME_IS("transfer-encoding")) {
 			if (te) {
 				snprintf(err, errlen, "repeated Transfer-Encoding");
 				return -EINVAL;
 			}
 			te = v;
-		} else if (strcasecmp(n, "Connection") == 0) {
+		} else if (NAME_IS("connection")) {
 			conn = v;
-		} else if (strcasecmp(n, "Expect") == 0 && strcasecmp(v, "100-continue") == 0) {
+		} else if (NAME_IS("expect") && strcasecmp(v, "100-continue") == 0) {
 			m->expect_continue = 1;
 		}
+#undef NAME_IS
 	}
 	if (te) {
 		if (strcasecmp(te, "chunked") != 0) {
@@ -278,11 +300,10 @@ int http_parse_head(struct evbuffer *in, int is_request, struct http_msg *m, cha
 		ve = v + strlen(v);
 		while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t'))
 			*--ve = '\0';
-		for (const char *p = v; *p; p++)
-			if (*p == '\r' || *p == '\n') {
-				snprintf(err, errlen, "bare CR or LF in header value");
-				return -EINVAL;
-			}
+		if (!http_value_ok(v)) {
+			snprintf(err, errlen, "bare CR or LF in header value");
+			return -EINVAL;
+		}
 		if (m->n_headers == HTTP_MAX_HEADERS) {
 			snprintf(err, errlen, "more than %d header fields", HTTP_MAX_HEADERS);
 			return -E2BIG;
@@ -450,11 +471,19 @@ int http_body_read(struct http_body *b, struct evbuffer *in, struct evbuffer *ou
 
 void http_chunk_write(struct evbuffer *out, struct evbuffer *data)
 {
-	size_t n = evbuffer_get_length(data);
+	static const char hex[] = "0123456789abcdef";
+	size_t n = evbuffer_get_length(data), k = sizeof(size_t) * 2;
+	char line[sizeof(size_t) * 2 + 2];
 
 	if (!n)
 		return;
-	evbuffer_add_printf(out, "%zx\r\n", n);
+	/* "<hex>\r\n" by hand, right-aligned in <line> */
+	line[k] = '\r';
+	line[k + 1] = '\n';
+	do
+		line[--k] = hex[n & 15];
+	while ((n >>= 4) != 0);
+	evbuffer_add(out, line + k, sizeof(line) - k);
 	evbuffer_add_buffer(out, data);
 	evbuffer_add(out, "\r\n", 2);
 }

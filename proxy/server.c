@@ -5,11 +5,14 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
 #include <sys/socket.h>
+
+#include <linux/tcp.h> /* TCP_INFO with tcpi_bytes_acked (glibc's netinet/tcp.h lacks it) */
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -60,11 +63,14 @@ struct proxy_req {
 struct proxy_conn {
 	struct proxy_server *srv;  /* (ref) */
 	struct bufferevent *bev;
+	struct evbuffer *stage;    /* reply bytes not yet handed to the socket or to bev's output */
+	struct proxy_req *spare;   /* the last request's allocation, reused by the next one */
 	struct event *deadline;    /* request head+body deadline */
 	struct event *kick;        /* deferred work: free, or finish after a flush */
 	struct proxy_req *req;     /* current request, NULL between requests */
 	enum conn_state state;
 	int close_after;           /* close once the current reply is flushed */
+	uint64_t acked;            /* the peer's acknowledged bytes at the last write timeout */
 	char peer[64];
 	TAILQ_ENTRY(proxy_conn) link;
 };
@@ -113,21 +119,75 @@ static void req_free(struct proxy_req *r)
 	free(r);
 }
 
-static struct proxy_req *req_new(struct proxy_conn *c)
+/*
+ * The request is over: run its on_done, then keep its allocation (and its two evbuffers) for the
+ * connection's next request instead of freeing it. A keep-alive connection then allocates a
+ * request once, not once per request.
+ */
+static void req_recycle(struct proxy_conn *c, struct proxy_req *r)
 {
-	struct proxy_req *r = calloc(1, sizeof(*r));
+	struct evbuffer *body, *out_hdrs;
 
 	if (!r)
-		return NULL;
+		return;
+	if (c->spare) {
+		req_free(r);
+		return;
+	}
+	if (r->on_done)
+		r->on_done(r->done_arg);
+	http_msg_clear(&r->head);
+	free(r->path);
+	body = r->body;
+	out_hdrs = r->out_hdrs;
+	evbuffer_drain(body, evbuffer_get_length(body));
+	evbuffer_drain(out_hdrs, evbuffer_get_length(out_hdrs));
+	memset(r, 0, sizeof(*r));
+	r->body = body;
+	r->out_hdrs = out_hdrs;
+	c->spare = r;
+}
+
+static struct proxy_req *req_new(struct proxy_conn *c)
+{
+	struct proxy_req *r = c->spare;
+
+	if (r) {
+		c->spare = NULL;
+	} else {
+		r = calloc(1, sizeof(*r));
+		if (!r)
+			return NULL;
+		r->body = evbuffer_new();
+		r->out_hdrs = evbuffer_new();
+		if (!r->body || !r->out_hdrs) {
+			req_free(r);
+			return NULL;
+		}
+	}
 	r->conn = c;
 	r->head.content_length = -1;
-	r->body = evbuffer_new();
-	r->out_hdrs = evbuffer_new();
-	if (!r->body || !r->out_hdrs) {
-		req_free(r);
-		return NULL;
-	}
 	return r;
+}
+
+/*
+ * Hand <data> (drained) to the client. With nothing queued in the bufferevent's output, write it
+ * to the socket now: going through the output costs, per reply, an epoll_ctl to watch for
+ * EPOLLOUT, a loop pass to be told the socket is writable (which it almost always is) and an
+ * epoll_ctl to stop watching. Only what the socket does not take is queued (and then written by
+ * the bufferevent, with its write timeout and low-water callback). A write error is left for the
+ * bufferevent to find on its own write of the rest.
+ */
+static void conn_send(struct proxy_conn *c, struct evbuffer *data)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+
+	if (evbuffer_get_length(data) == 0)
+		return;
+	if (evbuffer_get_length(out) == 0 && c->state != CONN_CLOSING)
+		(void)evbuffer_write_atmost(data, bufferevent_getfd(c->bev), CLIENT_MAX_WRITE);
+	if (evbuffer_get_length(data))
+		evbuffer_add_buffer(out, data);
 }
 
 static void conn_free(struct proxy_conn *c)
@@ -138,6 +198,9 @@ static void conn_free(struct proxy_conn *c)
 	s->n_conns--;
 	update_conn_gauge(s);
 	req_free(c->req);
+	req_free(c->spare);
+	if (c->stage)
+		evbuffer_free(c->stage);
 	if (c->deadline)
 		event_free(c->deadline);
 	if (c->kick)
@@ -172,8 +235,10 @@ static void conn_schedule_free(struct proxy_conn *c)
 /* The reply has reached the socket: next request, or close. */
 static void conn_finish_request(struct proxy_conn *c)
 {
-	req_free(c->req);
+	struct proxy_req *r = c->req;
+
 	c->req = NULL;
+	req_recycle(c, r);
 	if (c->close_after || c->srv->draining) {
 		conn_schedule_free(c);
 		return;
@@ -196,11 +261,14 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
 		conn_free(c);
 	else if (c->state == CONN_FLUSHING && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
 		conn_finish_request(c);
+	else if (c->state == CONN_HANDLING)
+		conn_send(c, c->stage); /* a streaming reply's head that no body bytes followed yet */
 }
 
 /* A reply is complete in the output buffer: wait until it is written. */
 static void conn_reply_done(struct proxy_conn *c)
 {
+	conn_send(c, c->stage);
 	c->state = CONN_FLUSHING;
 	event_del(c->deadline);
 	bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
@@ -208,11 +276,45 @@ static void conn_reply_done(struct proxy_conn *c)
 		event_active(c->kick, EV_TIMEOUT, 0);
 }
 
+/* Decimal digits of <v> into <buf> (at least 20 bytes); returns the length. */
+static size_t fmt_u64(char *buf, uint64_t v)
+{
+	char tmp[20];
+	size_t n = 0, i = 0;
+
+	do
+		tmp[n++] = (char)('0' + v % 10);
+	while ((v /= 10) != 0);
+	while (n)
+		buf[i++] = tmp[--n];
+	return i;
+}
+
+/* "Content-Length: <len>\r\n" into <buf> (at least 40 bytes). */
+static void content_length_line(char *buf, uint64_t len)
+{
+	size_t n = sizeof("Content-Length: ") - 1;
+
+	memcpy(buf, "Content-Length: ", n);
+	n += fmt_u64(buf + n, len);
+	buf[n++] = '\r';
+	buf[n++] = '\n';
+	buf[n] = '\0';
+}
+
+/*
+ * Status line, the handler's headers, <framing> (a whole header line, or "") and the blank line,
+ * into the connection's stage: they leave with the body, in one write for a whole reply. No
+ * printf: this runs for every reply.
+ */
 static void write_head(struct proxy_req *r, int status, const char *framing)
 {
 	struct proxy_conn *c = r->conn;
-	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *out = c->stage;
 	int keep = r->head.keep_alive && !c->close_after && !c->srv->draining && !r->oversize;
+	const char *reason = http_reason(status);
+	size_t rl = strlen(reason), n;
+	char line[64];
 
 	struct timeval wtv = { c->srv->to.write_ms / 1000, (c->srv->to.write_ms % 1000) * 1000 };
 
@@ -220,9 +322,26 @@ static void write_head(struct proxy_req *r, int status, const char *framing)
 		c->close_after = 1;
 	/* a client that stops reading is dropped instead of holding its reply forever */
 	bufferevent_set_timeouts(c->bev, NULL, &wtv);
-	evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", r->head.minor == 0 ? 0 : 1, status, http_reason(status));
+	if (status < 100 || status > 999 || rl > sizeof(line) - 16) {
+		evbuffer_add_printf(out, "HTTP/1.%d %d %s\r\n", r->head.minor == 0 ? 0 : 1, status, reason);
+	} else {
+		memcpy(line, r->head.minor == 0 ? "HTTP/1.0 " : "HTTP/1.1 ", 9);
+		n = 9;
+		line[n++] = (char)('0' + status / 100);
+		line[n++] = (char)('0' + status / 10 % 10);
+		line[n++] = (char)('0' + status % 10);
+		line[n++] = ' ';
+		memcpy(line + n, reason, rl);
+		n += rl;
+		line[n++] = '\r';
+		line[n++] = '\n';
+		evbuffer_add(out, line, n);
+	}
 	evbuffer_add_buffer(out, r->out_hdrs);
-	evbuffer_add_printf(out, "%s%s\r\n", framing, keep ? "" : "Connection: close\r\n");
+	evbuffer_add(out, framing, strlen(framing));
+	if (!keep)
+		evbuffer_add_lit(out, "Connection: close\r\n");
+	evbuffer_add_lit(out, "\r\n");
 }
 
 /* Usable for a final call: the handler still owns the request. */
@@ -238,10 +357,10 @@ void proxy_req_reply(struct proxy_req *r, int status, struct evbuffer *body)
 
 	if (!req_live(r))
 		return;
-	snprintf(framing, sizeof(framing), "Content-Length: %zu\r\n", len);
+	content_length_line(framing, len);
 	write_head(r, status, framing);
 	if (len)
-		evbuffer_add_buffer(bufferevent_get_output(r->conn->bev), body);
+		evbuffer_add_buffer(r->conn->stage, body);
 	conn_reply_done(r->conn);
 }
 
@@ -274,7 +393,7 @@ void proxy_req_reply_start(struct proxy_req *r, int status, int64_t content_leng
 		return;
 	r->started = 1;
 	if (content_length >= 0) {
-		snprintf(framing, sizeof(framing), "Content-Length: %lld\r\n", (long long)content_length);
+		content_length_line(framing, (uint64_t)content_length);
 	} else if (r->head.minor >= 1) {
 		snprintf(framing, sizeof(framing), "Transfer-Encoding: chunked\r\n");
 		r->chunked_out = 1;
@@ -286,6 +405,9 @@ void proxy_req_reply_start(struct proxy_req *r, int status, int64_t content_leng
 	write_head(r, status, framing);
 	/* from now on the writecb at the low-water mark tells the producer to resume */
 	bufferevent_setwatermark(r->conn->bev, EV_WRITE, PROXY_OUT_LOW_WATER, 0);
+	/* the head waits in the stage for the first body bytes (one write for both); should none
+	 * follow in this loop pass, kick_cb sends it alone */
+	event_active(r->conn->kick, EV_TIMEOUT, 0);
 }
 
 void proxy_req_reply_chunk(struct proxy_req *r, struct evbuffer *data)
@@ -294,11 +416,12 @@ void proxy_req_reply_chunk(struct proxy_req *r, struct evbuffer *data)
 
 	if (!req_live(r) || !r->started)
 		return;
-	out = bufferevent_get_output(r->conn->bev);
+	out = r->conn->stage;
 	if (r->chunked_out)
 		http_chunk_write(out, data);
 	else
 		evbuffer_add_buffer(out, data);
+	conn_send(r->conn, out);
 }
 
 void proxy_req_reply_end(struct proxy_req *r)
@@ -306,7 +429,7 @@ void proxy_req_reply_end(struct proxy_req *r)
 	if (!req_live(r) || !r->started)
 		return;
 	if (r->chunked_out)
-		http_chunk_end(bufferevent_get_output(r->conn->bev));
+		http_chunk_end(r->conn->stage);
 	conn_reply_done(r->conn);
 }
 
@@ -351,9 +474,22 @@ void proxy_req_set_callbacks(struct proxy_req *r, void (*on_drain)(struct proxy_
 
 int proxy_req_add_header(struct proxy_req *r, const char *name, const char *value)
 {
+	struct evbuffer_iovec v;
+	size_t nl = strlen(name), vl = strlen(value);
+
 	if (!http_value_ok(name) || !http_value_ok(value))
 		return -EINVAL;
-	evbuffer_add_printf(r->out_hdrs, "%s: %s\r\n", name, value);
+	/* "Name: value\r\n" in one reservation (no printf: this runs for every header of every reply) */
+	if (evbuffer_reserve_space(r->out_hdrs, (ev_ssize_t)(nl + vl + 4), &v, 1) != 1 || v.iov_len < nl + vl + 4) {
+		evbuffer_add_printf(r->out_hdrs, "%s: %s\r\n", name, value);
+		return 0;
+	}
+	memcpy(v.iov_base, name, nl);
+	memcpy((char *)v.iov_base + nl, ": ", 2);
+	memcpy((char *)v.iov_base + nl + 2, value, vl);
+	memcpy((char *)v.iov_base + nl + 2 + vl, "\r\n", 2);
+	v.iov_len = nl + vl + 4;
+	evbuffer_commit_space(r->out_hdrs, &v, 1);
 	return 0;
 }
 
@@ -524,6 +660,28 @@ static void request_timeout(struct proxy_conn *c)
 	conn_fail(c, 408, "promguard: request timeout: no complete request within %s (client.request_timeout)", d);
 }
 
+/*
+ * A write timeout only says the socket took nothing for client.write_timeout. With the kernel's
+ * send buffer autotuned to MiBs, a client that reads steadily but slower than about a third of
+ * that buffer per timeout never makes it writable in time (epoll wants half the queue free), and
+ * was dropped while reading (tests/integration/test_faults.py: 1.3 MB/s readers cut at
+ * write_timeout=1s). So a timeout drops the client only when it acknowledged no byte since the
+ * last one: a stalled reader goes after one or two timeouts, a slow one is kept.
+ */
+static int write_progressed(struct proxy_conn *c)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+
+	memset(&ti, 0, sizeof(ti));
+	if (getsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_INFO, &ti, &len) < 0 ||
+	    len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked) ||
+	    ti.tcpi_bytes_acked <= c->acked)
+		return 0;
+	c->acked = ti.tcpi_bytes_acked;
+	return 1;
+}
+
 static void event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct proxy_conn *c = arg;
@@ -537,6 +695,10 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 		}
 		if (c->state == CONN_HEAD || c->state == CONN_BODY) {
 			request_timeout(c);
+			return;
+		}
+		if ((what & BEV_EVENT_WRITING) && write_progressed(c)) {
+			bufferevent_enable(c->bev, EV_WRITE); /* libevent disabled it: wait another period */
 			return;
 		}
 		if (what & BEV_EVENT_WRITING) {
@@ -575,10 +737,11 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
 	c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	c->deadline = evtimer_new(s->base, deadline_cb, c);
 	c->kick = event_new(s->base, -1, 0, kick_cb, c);
+	c->stage = evbuffer_new();
 	TAILQ_INSERT_TAIL(&s->conns, c, link);
 	s->n_conns++;
 	update_conn_gauge(s);
-	if (!c->bev || !c->deadline || !c->kick) {
+	if (!c->bev || !c->deadline || !c->kick || !c->stage) {
 		if (!c->bev)
 			evutil_closesocket(fd);
 		conn_free(c);

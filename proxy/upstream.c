@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -33,6 +35,7 @@ struct up_conn {
 	struct bufferevent *bev;
 	struct event *kick;              /* deferred: free when dead, else resume reading */
 	struct proxy_upstream_req *req;  /* (ref) request being served, NULL when idle */
+	struct evbuffer *stage;          /* a request on its way to the socket (see conn_start) */
 	enum uc_state state;
 	int reused;                      /* has served a request before */
 	struct http_msg head;            /* response head */
@@ -162,6 +165,8 @@ static void conn_close(struct up_conn *c)
 static void conn_destroy(struct up_conn *c)
 {
 	http_msg_clear(&c->head);
+	if (c->stage)
+		evbuffer_free(c->stage);
 	if (c->chunk)
 		evbuffer_free(c->chunk);
 	if (c->kick)
@@ -194,19 +199,34 @@ static void conn_fail(struct up_conn *c, enum proxy_upstream_error kind, const c
 		req_finish(r, 0, kind, msg);
 }
 
-/* Put request <r> on connection <c> and write it. */
+/*
+ * Put request <r> on connection <c> and write it. The connection is established and its output
+ * empty, so the request is written to the socket at once and only what the socket does not take
+ * goes through the bufferevent: queueing all of it would cost an epoll_ctl to watch for EPOLLOUT,
+ * a loop pass, and an epoll_ctl to stop watching, per request. EV_WRITE stays enabled between
+ * requests (with nothing queued libevent does not watch the socket), so re-enabling it, which
+ * would re-arm the write event, is skipped.
+ */
 static void conn_start(struct up_conn *c, struct proxy_upstream_req *r)
 {
 	struct evbuffer *out = bufferevent_get_output(c->bev);
+	struct evbuffer *stage = c->stage;
 
 	c->req = r;
 	r->conn = c;
 	r->got_bytes = 0;
 	c->state = UC_HEAD;
 	http_msg_clear(&c->head);
-	evbuffer_add(out, evbuffer_pullup(r->head, -1), evbuffer_get_length(r->head));
-	evbuffer_add(out, r->body, r->len);
-	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+	/* copies, not references: r->head is kept for a retry, and the body must not be needed once
+	 * the response is complete (a store may answer before reading all of the request) */
+	evbuffer_add(stage, evbuffer_pullup(r->head, -1), evbuffer_get_length(r->head));
+	evbuffer_add(stage, r->body, r->len);
+	if (evbuffer_get_length(out) == 0)
+		(void)evbuffer_write(stage, bufferevent_getfd(c->bev)); /* errors: the bufferevent finds them */
+	if (evbuffer_get_length(stage))
+		evbuffer_add_buffer(out, stage);
+	if ((bufferevent_get_enabled(c->bev) & (EV_READ | EV_WRITE)) != (EV_READ | EV_WRITE))
+		bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 }
 
 /* The response is complete: keep the connection if possible, then report. */
@@ -298,15 +318,80 @@ static void conn_read(struct up_conn *c)
 	}
 }
 
-/* Read past libevent 2.1's 4 KiB-per-wakeup cap while a response streams in (netaddr.h). */
+/*
+ * Read past libevent 2.1's 4 KiB-per-wakeup cap while a response streams in (netaddr.h explains
+ * the cap), up to READ_BURST per wakeup. netaddr_read_burst() reads 64 KiB per readv (an evbuffer
+ * reservation spans at most one new chain, and a larger chain would make the relay copy every
+ * chunk's tail when it splits the chain at the chunk boundary): 17 readv per MiB, and each read
+ * that frees receive space may send the store a window update. Here one readv fills up to
+ * READ_BLOCKS separate 64 KiB blocks, handed to the input as references (freed when the relay
+ * has written them out): about one readv per MiB, the same 64 KiB pieces as before.
+ */
 #define READ_BURST (1024 * 1024)
+#define READ_BLOCK (64 * 1024 - 64) /* with malloc's header, one 64 KiB heap chunk */
+#define READ_BLOCKS 16
+
+static void block_free(const void *data, size_t len, void *arg)
+{
+	(void)len;
+	(void)arg;
+	free((void *)data);
+}
+
+static void burst_read(struct bufferevent *bev, size_t max)
+{
+	struct evbuffer *in = bufferevent_get_input(bev);
+	evutil_socket_t fd = bufferevent_getfd(bev);
+	size_t got = 0;
+
+	while (got < max) {
+		struct iovec v[READ_BLOCKS];
+		int avail = 0, n = 0;
+		size_t want, left;
+		ssize_t r;
+
+		/* as many blocks as the socket holds (at least one: FIONREAD may lag), up to the burst */
+		if (ioctl(fd, FIONREAD, &avail) < 0 || avail <= 0)
+			avail = 1;
+		want = (size_t)avail < max - got ? (size_t)avail : max - got;
+		while (n < READ_BLOCKS && (size_t)n * READ_BLOCK < want) {
+			v[n].iov_base = malloc(READ_BLOCK);
+			if (!v[n].iov_base)
+				break;
+			v[n++].iov_len = READ_BLOCK;
+		}
+		if (n == 0)
+			return;
+		r = readv(fd, v, n);
+		left = r > 0 ? (size_t)r : 0;
+		evbuffer_unfreeze(in, 0); /* the bufferevent keeps the input's end frozen outside its reads */
+		for (int i = 0; i < n; i++) {
+			size_t take = left < READ_BLOCK ? left : READ_BLOCK;
+
+			if (take == 0) {
+				free(v[i].iov_base);
+			} else if (evbuffer_add_reference(in, v[i].iov_base, take, block_free, NULL) < 0) {
+				/* no memory for the chain header: keep the bytes as a copy, if that works */
+				evbuffer_add(in, v[i].iov_base, take);
+				free(v[i].iov_base);
+			}
+			left -= take;
+		}
+		evbuffer_freeze(in, 0);
+		if (r <= 0)
+			return; /* EAGAIN, EOF or an error: the bufferevent reports it on its next pass */
+		got += (size_t)r;
+		if ((size_t)r < (size_t)n * READ_BLOCK)
+			return; /* the socket is drained */
+	}
+}
 
 static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct up_conn *c = arg;
 
 	if (c->state == UC_BODY && c->req && !c->req->paused)
-		netaddr_read_burst(bev, READ_BURST);
+		burst_read(bev, READ_BURST);
 	conn_read(c);
 }
 
@@ -388,7 +473,8 @@ static struct up_conn *conn_open(struct proxy_upstream *up, struct proxy_upstrea
 	c->bev = bufferevent_socket_new(up->base, -1, BEV_OPT_CLOSE_ON_FREE);
 	c->kick = event_new(up->base, -1, 0, kick_cb, c);
 	c->chunk = evbuffer_new();
-	if (!c->bev || !c->kick || !c->chunk) {
+	c->stage = evbuffer_new();
+	if (!c->bev || !c->kick || !c->chunk || !c->stage) {
 		conn_destroy(c);
 		return NULL;
 	}
@@ -544,6 +630,29 @@ void proxy_upstream_free(struct proxy_upstream *up)
 	free(up);
 }
 
+static void add_str(struct evbuffer *b, const char *s)
+{
+	evbuffer_add(b, s, strlen(s));
+}
+
+/* "Name: value\r\n" in one reservation. */
+static void add_header(struct evbuffer *b, const char *name, const char *value)
+{
+	struct evbuffer_iovec v;
+	size_t nl = strlen(name), vl = strlen(value);
+
+	if (evbuffer_reserve_space(b, (ev_ssize_t)(nl + vl + 4), &v, 1) != 1 || v.iov_len < nl + vl + 4) {
+		evbuffer_add_printf(b, "%s: %s\r\n", name, value);
+		return;
+	}
+	memcpy(v.iov_base, name, nl);
+	memcpy((char *)v.iov_base + nl, ": ", 2);
+	memcpy((char *)v.iov_base + nl + 2, value, vl);
+	memcpy((char *)v.iov_base + nl + 2 + vl, "\r\n", 2);
+	v.iov_len = nl + vl + 4;
+	evbuffer_commit_space(b, &v, 1);
+}
+
 struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const struct proxy_upstream_msg *msg,
 					       const struct proxy_upstream_cbs *cbs, void *arg)
 {
@@ -566,13 +675,29 @@ struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const 
 		req_free(r);
 		return NULL;
 	}
-	evbuffer_add_printf(r->head, "%s %s HTTP/1.1\r\nHost: %s\r\n", method, msg->target ? msg->target : up->path,
-			    up->host_hdr);
+	/* no printf: a request head is built for every request */
+	add_str(r->head, method);
+	evbuffer_add_lit(r->head, " ");
+	add_str(r->head, msg->target ? msg->target : up->path);
+	evbuffer_add_lit(r->head, " HTTP/1.1\r\n");
+	add_header(r->head, "Host", up->host_hdr);
 	for (size_t i = 0; i < msg->n_hdrs; i++)
 		if (http_value_ok(msg->hdrs[i].name) && http_value_ok(msg->hdrs[i].value))
-			evbuffer_add_printf(r->head, "%s: %s\r\n", msg->hdrs[i].name, msg->hdrs[i].value);
-	if (msg->len || strcmp(method, "POST") == 0)
-		evbuffer_add_printf(r->head, "Content-Length: %zu\r\n", msg->len);
+			add_header(r->head, msg->hdrs[i].name, msg->hdrs[i].value);
+	if (msg->len || strcmp(method, "POST") == 0) {
+		char len[24];
+		size_t n = 0;
+		uint64_t v = msg->len;
+		char tmp[20];
+		size_t k = 0;
+		do
+			tmp[k++] = (char)('0' + v % 10);
+		while ((v /= 10) != 0);
+		while (k)
+			len[n++] = tmp[--k];
+		len[n] = '\0';
+		add_header(r->head, "Content-Length", len);
+	}
 	evbuffer_add(r->head, "\r\n", 2);
 	evtimer_add(r->timer, &tv);
 	/* always through the queue, so no callback can run inside this call */
