@@ -17,6 +17,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
+sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
+from promrr import crc32c, read_uvarint, uvarint  # noqa: E402  (the tests' own wire helpers)
 VECTORS = os.path.join(ROOT, "tests", "vectors")
 CONF_EXAMPLE = os.path.join(ROOT, "conf", "promguard.yml")
 
@@ -24,20 +26,6 @@ EQ, NEQ, RE, NRE = 0, 1, 2, 3
 
 
 # ---- wire helpers ------------------------------------------------------------------------------
-
-def uvarint(n):
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
 
 def key(number, wt):
     return uvarint(number << 3 | wt)
@@ -55,17 +43,6 @@ def f_len(number, payload):
 
 def f_double(number, v):
     return key(number, 1) + struct.pack("<d", v)
-
-
-def read_uvarint(buf, pos):
-    value = shift = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if not b & 0x80:
-            return value, pos
 
 
 def snappy_literals(data):
@@ -165,15 +142,6 @@ def snappy_uncompress(buf):
             out.append(out[-offset])
     assert len(out) == want
     return bytes(out)
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc ^= b
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
 
 
 def read_vector(name):
