@@ -17,8 +17,9 @@
 #   REPORT_STREAM_ROUNDS=3              stream rounds per side, interleaved (best)
 #   REPORT_NGINX_AUTO=1                 also measure nginx with worker_processes auto (0: skip)
 #   REPORT_NGINX_STREAM_BUFFER=1m       nginx proxy_buffer_size for the stream (proxy_buffering off)
-#   REPORT_PIN=none                     none: no pinning; split: the client on CPU 0, the store and
-#                                       the proxy on CPU 1 (same for every row; needs 2+ CPUs)
+#   REPORT_PIN=split                    split: the client on CPU 0, the store and the proxy on CPU 1
+#                                       (taskset; the same for every row); none: no pinning (what
+#                                       run.sh does; placement then varies from run to run)
 #   REPORT_QUIET=0.3 REPORT_QUIET_BUDGET=90
 #                                       before each run, wait while processes this script did not
 #                                       start use more than REPORT_QUIET cores (sampled over 1 s),
@@ -28,7 +29,8 @@
 #                                       run: run limiter.sh, pool.sh and storm.sh now, at small size
 #   BENCH_RESULTS=bench/RESULTS.md      where the section goes ("" to skip writing it)
 # Every process started here is killed by its pid on exit. All traffic stays on 127.0.0.1.
-# About 2.5 minutes with the defaults (3 x 4 x 9 s of small requests, then the streams).
+# About 3 minutes with the defaults (3 rounds x 4 sides x 9 s of small requests, then the streams)
+# on a quiet machine; up to REPORT_QUIET_BUDGET more when other work is running.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -42,7 +44,8 @@ STREAM_MIB=${REPORT_STREAM_MIB:-1024}
 SROUNDS=${REPORT_STREAM_ROUNDS:-3}
 NGINX_AUTO=${REPORT_NGINX_AUTO:-1}
 NG_STREAM_BUF=${REPORT_NGINX_STREAM_BUFFER:-1m}
-PIN=${REPORT_PIN:-none}
+PIN=${REPORT_PIN:-split}
+[ "$PIN" = split ] && [ "$(nproc)" -lt 2 ] && PIN=none
 QUIET=${REPORT_QUIET:-0.3}
 QUIET_BUDGET=${REPORT_QUIET_BUDGET:-90}
 QUIET_WAITED=0
@@ -208,6 +211,9 @@ EOF
 
 ticks() { local s=0 p; for p in "$@"; do s=$((s + $(awk '{print $14+$15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo $s; }
 hwm_kb() { local s=0 p; for p in "$@"; do s=$((s + $(awk '/VmHWM/{print $2}' "/proc/$p/status" 2>/dev/null || echo 0))); done; echo $s; }
+# busy time of the whole machine (user, nice, system, irq, softirq, steal): a tick spent in
+# softirq is counted there and in the stime of the process it interrupted, so this matches the
+# sum of the processes' own times when nothing else runs
 machine_busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
 val() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
 calc() { awk "BEGIN{printf \"%.${2:-2}f\", $1}"; }
@@ -449,7 +455,7 @@ COMMIT=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 DIRTY=$(git -C "$ROOT" status --porcelain 2>/dev/null | grep -q . && echo " (working tree has uncommitted changes)" || true)
 NOTES=$(cat <<EOF
 - Date $(date -u +%Y-%m-%dT%H:%M:%SZ); machine: $(nproc) CPUs, $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); commit $COMMIT$DIRTY; promguard $PG; $("$NGINX" -v 2>&1 | sed 's/^nginx version: //').
-- The machine has $(nproc) cores and the client (loadgen), the store and the proxy all compete for them: a proxy's CPU is taken from the store and the client, so the ratios measure CPU cost as much as latency. Pinning: $([ "$PIN" = split ] && echo "the client on CPU 0, the store and the proxy on CPU 1 (taskset), the same for every row; nginx auto workers are then confined to CPU 1 too" || echo "none (REPORT_PIN=split puts the client on CPU 0, the store and the proxy on CPU 1)").
+- The machine has $(nproc) cores and the client (loadgen), the store and the proxy all compete for them: a proxy's CPU is taken from the store and the client, so the ratios measure CPU cost as much as latency. Pinning: $([ "$PIN" = split ] && echo "the client on CPU 0, the store and the proxy on CPU 1 (taskset), the same for every row, so each proxy's CPU is taken from the store in the same way and the rounds agree within a few percent (unpinned, where the scheduler put the three processes moved nginx's median between 10,000 and 17,500 requests/s from one run to the next); the direct row's store has CPU 1 to itself, and nginx's auto workers share CPU 1 too (REPORT_PIN=none: no pinning)" || echo "none (REPORT_PIN=split, the default, puts the client on CPU 0, the store and the proxy on CPU 1)").
 - Load average at start: $LOAD_START. Waited ${QUIET_WAITED} s in all (of REPORT_QUIET_BUDGET=${QUIET_BUDGET}) for other processes to use at most ${QUIET} cores before a run. CPU used by processes this script did not start, most in any run (cores): small direct $(other "${OTHER[direct]}"), promguard $(other "${OTHER[pg]}"), nginx $(other "${OTHER[ng1]}")$([ "$NGINX_AUTO" = 1 ] && echo ", nginx auto $(other "${OTHER[nga]}")"); stream direct $(other "${SOTHER[direct]}"), promguard $(other "${SOTHER[pg]}"), nginx $(other "${SOTHER[ng1]}"). Anything above 0 means the figures are low by that share of the machine.
 - Small SAMPLES: each side runs ${ROUNDS} times for 1 s warmup + ${DUR} s, sides interleaved (direct, promguard, nginx...), median of the rounds reported. Spread of requests/s over the rounds: direct $(spread <<<"${RPS[direct]}"), promguard $(spread <<<"${RPS[pg]}"), nginx $(spread <<<"${RPS[ng1]}"); p99 ms: direct $(spread <<<"${P99[direct]}"), promguard $(spread <<<"${P99[pg]}"), nginx $(spread <<<"${P99[ng1]}"). Request: $(wc -c <"$TMP/small.req") B snappy ReadRequest for \`fake{series="10",samples="10"}\`; the fake store answers 10 series x 10 samples (806 B, Content-Length).
 - Stream: one request, one connection; bytes of body / (request sent to last byte). replaysrv replays ${SEED_MIB} MiB of frames saved from the fake store $((STREAM_MIB / SEED_MIB)) times, one HTTP chunk per 1 MiB frame. Best of ${SROUNDS} rounds per side, sides interleaved; all rounds (GB/s): promguard ${GBS[pg]:- none}, nginx ${GBS[ng1]:- none}, direct ${GBS[direct]:- none}.

@@ -685,18 +685,14 @@ struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const 
 		if (http_value_ok(msg->hdrs[i].name) && http_value_ok(msg->hdrs[i].value))
 			add_header(r->head, msg->hdrs[i].name, msg->hdrs[i].value);
 	if (msg->len || strcmp(method, "POST") == 0) {
-		char len[24];
-		size_t n = 0;
-		uint64_t v = msg->len;
-		char tmp[20];
-		size_t k = 0;
+		char len[24], *p = len + sizeof(len) - 1;
+		size_t v = msg->len;
+
+		*p = '\0';
 		do
-			tmp[k++] = (char)('0' + v % 10);
+			*--p = (char)('0' + v % 10);
 		while ((v /= 10) != 0);
-		while (k)
-			len[n++] = tmp[--k];
-		len[n] = '\0';
-		add_header(r->head, "Content-Length", len);
+		add_header(r->head, "Content-Length", p);
 	}
 	evbuffer_add(r->head, "\r\n", 2);
 	evtimer_add(r->timer, &tv);
