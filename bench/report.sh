@@ -410,8 +410,9 @@ gb() {
 rps_ratio=$(calc "$m_rps_pg / ($m_rps_ng1 > 0 ? $m_rps_ng1 : 1)" 3)
 rps_vs_direct=$(calc "$m_rps_pg / ($m_rps_direct > 0 ? $m_rps_direct : 1)" 3)
 ng_vs_direct=$(calc "$m_rps_ng1 / ($m_rps_direct > 0 ? $m_rps_direct : 1)" 3)
-add50_pg=$(calc "$m_p50_pg - $m_p50_direct" 3) add50_ng=$(calc "$m_p50_ng1 - $m_p50_direct" 3)
-add99_pg=$(calc "$m_p99_pg - $m_p99_direct" 3) add99_ng=$(calc "$m_p99_ng1 - $m_p99_direct" 3)
+signed() { awk "BEGIN{printf \"%+.3f\", $1}"; }
+add50_pg=$(signed "$m_p50_pg - $m_p50_direct") add50_ng=$(signed "$m_p50_ng1 - $m_p50_direct")
+add99_pg=$(signed "$m_p99_pg - $m_p99_direct") add99_ng=$(signed "$m_p99_ng1 - $m_p99_direct")
 stream_ratio=$(calc "$b_gbs_pg / ($b_gbs_ng1 > 0 ? $b_gbs_ng1 : 1)" 3)
 stream_ratio_b=$(calc "$b_gbs_pg / ($b_gbs_ngb > 0 ? $b_gbs_ngb : 1)" 3)
 ok_rps=$(met "$rps_ratio" 1 ">=")
@@ -434,8 +435,8 @@ TABLE=$(cat <<EOF
 | benchmark | direct to store | promguard | nginx, 1 worker |${A_HEAD} promguard vs nginx (1 worker) | target | |
 |---|---|---|---|${A_SEP}---|---|---|
 | small SAMPLES, ${CONNS} conns, ${DUR} s x ${ROUNDS} rounds: requests/s (median) | $(f1 "$m_rps_direct") | $(f1 "$m_rps_pg") | $(f1 "$m_rps_ng1") |${a_rps} ${rps_ratio}x (vs direct: promguard ${rps_vs_direct}, nginx ${ng_vs_direct}) | promguard >= nginx | ${ok_rps} |
-| small SAMPLES: p50 latency, ms (median) | $(f3 "$m_p50_direct") | $(f3 "$m_p50_pg") | $(f3 "$m_p50_ng1") |${a_p50} added over direct: promguard +${add50_pg}, nginx +${add50_ng} | | |
-| small SAMPLES: p99 latency, ms (median) | $(f3 "$m_p99_direct") | $(f3 "$m_p99_pg") | $(f3 "$m_p99_ng1") |${a_p99} added over direct: promguard +${add99_pg}, nginx +${add99_ng} | promguard <= +1 ms | ${ok_p99} |
+| small SAMPLES: p50 latency, ms (median) | $(f3 "$m_p50_direct") | $(f3 "$m_p50_pg") | $(f3 "$m_p50_ng1") |${a_p50} added over direct: promguard ${add50_pg}, nginx ${add50_ng} | | |
+| small SAMPLES: p99 latency, ms (median) | $(f3 "$m_p99_direct") | $(f3 "$m_p99_pg") | $(f3 "$m_p99_ng1") |${a_p99} added over direct: promguard ${add99_pg}, nginx ${add99_ng} | promguard <= +1 ms | ${ok_p99} |
 | small SAMPLES: errors (all rounds) | ${ERR[direct]} | ${ERR[pg]} | ${ERR[ng1]} |${a_err} | 0 | |
 | small SAMPLES: proxy CPU per request (median) | | $(cpu_req pg) | $(cpu_req ng1) |${a_cpu} | | |
 | ${STREAM_MIB} MiB STREAMED_XOR_CHUNKS (replaysrv), best of ${SROUNDS}: GB/s | $(gb "$b_gbs_direct" direct) | $(gb "$b_gbs_pg" pg) | $(gb "$b_gbs_ng1" ng1) (proxy_buffering off, ${NG_STREAM_BUF} buffer) |${a_gbs} ${stream_ratio}x | promguard >= 0.9x nginx | ${ok_stream} |
