@@ -19,6 +19,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 from promrr import crc32c, read_uvarint, uvarint  # noqa: E402  (the tests' own wire helpers)
+from promrr import snappy_encode as snappy_literals  # noqa: E402  (literals-only snappy block)
 VECTORS = os.path.join(ROOT, "tests", "vectors")
 CONF_EXAMPLE = os.path.join(ROOT, "conf", "promguard.yml")
 
@@ -43,22 +44,6 @@ def f_len(number, payload):
 
 def f_double(number, v):
     return key(number, 1) + struct.pack("<d", v)
-
-
-def snappy_literals(data):
-    """Snappy block of literals only."""
-    out = bytearray(uvarint(len(data)))
-    for i in range(0, len(data), 65536):
-        chunk = data[i:i + 65536]
-        n = len(chunk) - 1
-        if n < 60:
-            out.append(n << 2)
-        elif n < 256:
-            out += bytes([60 << 2, n])
-        else:
-            out += bytes([61 << 2]) + struct.pack("<H", n)
-        out += chunk
-    return bytes(out)
 
 
 def snappy_compress(data, max_offset=65535):
