@@ -368,8 +368,27 @@ size_t limiter_format_header(const struct limiter_decision *d, uint64_t estimate
 			     size_t n)
 {
 	static const char *const verdicts[] = { "admit", "reject", "shadow_reject" };
-	int len = snprintf(buf, n, "%s; reason=%s; estimate=%llu; source=%s", verdicts[d->verdict],
-			   d->verdict == LIMITER_ADMIT ? "none" : d->reason, (unsigned long long)estimate, source);
+	const char *parts[] = { verdicts[d->verdict], "; reason=", d->verdict == LIMITER_ADMIT ? "none" : d->reason,
+				"; estimate=", NULL, "; source=", source };
+	char num[24], *p = num + sizeof(num);
+	size_t len = 0;
 
-	return len < 0 ? 0 : (size_t)len;
+	/* Built by hand, not with snprintf: every admitted response carries this header, and the
+	 * format parsing was a visible share of a small request's CPU. Same text, cut to <n>. */
+	*--p = '\0';
+	do {
+		*--p = (char)('0' + estimate % 10);
+		estimate /= 10;
+	} while (estimate);
+	parts[4] = p;
+	for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+		size_t l = strlen(parts[i]);
+
+		if (n > 0 && len < n - 1)
+			memcpy(buf + len, parts[i], l < n - 1 - len ? l : n - 1 - len);
+		len += l;
+	}
+	if (n > 0)
+		buf[len < n ? len : n - 1] = '\0';
+	return len;
 }

@@ -63,6 +63,8 @@ static void serve_metrics(struct proxy_admin *a, struct proxy_req *req)
 		return;
 	}
 	refresh_pool_metrics(a->pool);
+	if (a->flow)
+		proxy_flow_refresh_metrics(a->flow);
 	metrics_refresh_process();
 	metrics_render(b);
 	proxy_req_add_header(req, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");

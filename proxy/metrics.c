@@ -104,6 +104,7 @@ struct family {
 	char names_buf[METRICS_LABEL_NAMES_MAX];  /* copy of the label-name list, commas cut to NULs */
 	const char *names[METRICS_MAX_LABELS];    /* label names, pointing into names_buf */
 	unsigned nlabels;                         /* number of label names */
+	int tenant_label;                         /* index of the "tenant" label name, or -1 */
 	struct series *series;                    /* series in creation order (counters, gauges) */
 	uint32_t nseries;                         /* series in use */
 	uint32_t series_cap;                      /* series allocated */
@@ -435,9 +436,13 @@ static struct series *series_get(enum metrics_id id, const char *l1, const char 
 
 	if (!initialised)
 		return NULL;
+	/* A label-less metric has exactly one series, made by metrics_init: most updates are these
+	 * (gauges set per request), so they skip hashing and probing. */
+	if (f->nlabels == 0 && f->nseries == 1)
+		return &f->series[0];
 	for (unsigned i = 0; i < f->nlabels; i++) {
 		label_sanitise(buf[i], raw[i]);
-		vals[i] = strcmp(f->names[i], "tenant") == 0 ? tenant_label(buf[i], create) : buf[i];
+		vals[i] = (int)i == f->tenant_label ? tenant_label(buf[i], create) : buf[i];
 	}
 	hash = labels_hash(vals, f->nlabels);
 	idx = series_find(f, vals, hash);
@@ -587,6 +592,7 @@ static void family_init_labels(enum metrics_id id)
 	struct family *f = &families[id];
 	char *p = f->names_buf;
 
+	f->tenant_label = -1;
 	if (defs[id].labels[0] == '\0')
 		return;
 	memcpy(f->names_buf, defs[id].labels, strlen(defs[id].labels) + 1);
@@ -597,10 +603,13 @@ static void family_init_labels(enum metrics_id id)
 		assert(f->nlabels < METRICS_MAX_LABELS);
 		if (f->nlabels == METRICS_MAX_LABELS)
 			return;
+		if (comma)
+			*comma = '\0';
+		if (strcmp(p, "tenant") == 0)
+			f->tenant_label = (int)f->nlabels;
 		f->names[f->nlabels++] = p;
 		if (!comma)
 			return;
-		*comma = '\0';
 		p = comma + 1;
 	}
 }

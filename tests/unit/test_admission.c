@@ -407,6 +407,27 @@ static void test_rejection_line_names_key_limit_figure_selector_range_tenant_sou
 	conf_unref(c);
 }
 
+/* The header is built by hand (no snprintf): same text for admit, 0 and UINT64_MAX, and cut to
+ * the buffer like snprintf, returning the length it needed. */
+static void test_decision_header_text_and_truncation(void **state)
+{
+	struct limiter_decision admit = { .verdict = LIMITER_ADMIT, .reason = "series" };
+	struct limiter_decision shadow = { .verdict = LIMITER_SHADOW_REJECT, .reason = "samples" };
+	char hdr[256], small[12];
+	size_t n;
+
+	(void)state;
+	n = limiter_format_header(&admit, 0, "none", hdr, sizeof(hdr));
+	assert_string_equal(hdr, "admit; reason=none; estimate=0; source=none");
+	assert_int_equal(n, strlen(hdr));
+	limiter_format_header(&shadow, UINT64_MAX, "recall", hdr, sizeof(hdr));
+	assert_string_equal(hdr, "shadow_reject; reason=samples; estimate=18446744073709551615; source=recall");
+	n = limiter_format_header(&admit, 42, "stats", small, sizeof(small));
+	assert_string_equal(small, "admit; reas");
+	assert_int_equal(n, strlen("admit; reason=none; estimate=42; source=stats"));
+	assert_int_equal(limiter_format_header(&admit, 42, "stats", NULL, 0), n);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -429,6 +450,7 @@ int main(void)
 		cmocka_unit_test(test_dry_run_rule_does_not_hide_a_real_limit),
 		cmocka_unit_test(test_unknown_reject_only_when_nothing_is_known),
 		cmocka_unit_test(test_rejection_line_names_key_limit_figure_selector_range_tenant_source),
+		cmocka_unit_test(test_decision_header_text_and_truncation),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
