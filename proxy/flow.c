@@ -101,6 +101,23 @@ struct tenant_inflight {
 	uint64_t n;
 };
 
+/*
+ * Learning from responses, refreshed at most once per LEARN_REFRESH_MS per selector. The
+ * estimator's sketches are idempotent, so learning the same selector's answer again and again
+ * (a dashboard panel hit by many viewers, a rule evaluated by several Prometheus replicas) only
+ * costs CPU: collecting and hashing every label was a third of a small request's user time. A
+ * response whose every query was learned from within the period is still counted whole (the
+ * limits and the recall figures see every response); only its labels are not collected.
+ * Direct-mapped by fingerprint: a collision just means one more learn.
+ */
+#define LEARN_REFRESH_MS 1000
+#define LEARN_SLOTS 4096
+
+struct learn_slot {
+	uint64_t fp;   /* est_fingerprint of the selector */
+	int64_t at_ms; /* now_ms() when a complete response of it was last learned; 0: never */
+};
+
 struct proxy_flow {
 	struct conf *conf;                /* ref-counted; requests hold the one they began with */
 	struct proxy_upstream *up;        /* (ref) the store */
@@ -121,6 +138,7 @@ struct proxy_flow {
 	uint64_t queue_mem_bytes;         /* what it waits for */
 	char queue_blocked[192];          /* the memory a queue head last lacked (for 429 lines) */
 	struct log_every log_full, log_timeout;
+	struct learn_slot learned[LEARN_SLOTS]; /* when each selector's answer was last learned */
 };
 
 struct flow_req;
@@ -160,6 +178,7 @@ struct flow_req {
 	struct proto_snappy *snap;        /* RELAY_SAMPLES: windowed decoder feeding <scan> */
 	struct proto_scan *scan;          /* RELAY_SAMPLES: counts as the body arrives */
 	int scan_whole;                   /* the body must be decoded whole to be counted */
+	int learning;                     /* the response's labels go to the estimator (learn_due) */
 	char scan_err[256];               /* why the response is corrupt */
 	uint64_t resp_bytes;              /* bytes received from the store */
 	int paused;                       /* upstream reading paused for a slow client */
@@ -290,6 +309,8 @@ void proxy_flow_refresh_metrics(struct proxy_flow *f)
 	metrics_set(METRICS_EST_ENTRIES, "metrics", NULL, (double)st.metrics);
 	metrics_set(METRICS_EST_ENTRIES, "label_values", NULL, (double)st.label_values);
 	metrics_set(METRICS_EST_EVICTIONS, NULL, NULL, (double)st.evictions);
+	metrics_set(METRICS_EST_RESPONSES, "learned", NULL, (double)f->stats.learned);
+	metrics_set(METRICS_EST_RESPONSES, "fresh", NULL, (double)f->stats.learn_fresh);
 }
 
 /* --- per-tenant in-flight counts ------------------------------------------------------------ */
@@ -599,6 +620,37 @@ static void note_shadow(struct flow_query *fq, const struct limiter_decision *d)
 
 /* --- learning from what was relayed --------------------------------------------------------- */
 
+/* 1 when some query of <fr> has not had a complete response learned within LEARN_REFRESH_MS. */
+static int learn_due(const struct flow_req *fr, int64_t now)
+{
+	for (size_t i = 0; i < fr->decoded->n_queries; i++) {
+		const struct learn_slot *sl = &fr->f->learned[fr->qs[i].est.fingerprint % LEARN_SLOTS];
+
+		if (sl->fp != fr->qs[i].est.fingerprint || sl->at_ms == 0 || now - sl->at_ms >= LEARN_REFRESH_MS)
+			return 1;
+	}
+	return 0;
+}
+
+/* A complete response of <fr> was counted; if it was learned, its selectors are fresh for
+ * LEARN_REFRESH_MS. */
+static void learn_mark(struct flow_req *fr)
+{
+	int64_t now = now_ms();
+
+	if (!fr->learning) {
+		fr->f->stats.learn_fresh++;
+		return;
+	}
+	fr->f->stats.learned++;
+	for (size_t i = 0; i < fr->decoded->n_queries; i++) {
+		struct learn_slot *sl = &fr->f->learned[fr->qs[i].est.fingerprint % LEARN_SLOTS];
+
+		sl->fp = fr->qs[i].est.fingerprint;
+		sl->at_ms = now ? now : 1;
+	}
+}
+
 static void on_series_labels(void *ctx, size_t query_index, const struct proto_label *labels, size_t n_labels)
 {
 	struct flow_req *fr = ctx;
@@ -727,7 +779,8 @@ static int scan_samples_whole(struct flow_req *fr)
 		fr->scan = proto_scan_new(fr->decoded->n_queries);
 		rc = fr->scan ? 0 : -ENOMEM;
 		if (rc == 0) {
-			proto_scan_set_series_cb(fr->scan, on_series_labels, fr);
+			if (fr->learning)
+				proto_scan_set_series_cb(fr->scan, on_series_labels, fr);
 			rc = proto_scan_feed(fr->scan, (const uint8_t *)plain, ulen, fr->scan_err, sizeof(fr->scan_err));
 		}
 	}
@@ -782,8 +835,10 @@ static int settle_samples(struct flow_req *fr)
 			rc = 1;
 		}
 	}
-	log_debug("response counted", "tenant=%s status=%d results=%zu bytes=%zu whole=%d", fr->tenant, fr->status, n,
-		  clen, fr->scan_whole);
+	if (rc == 0)
+		learn_mark(fr);
+	log_debug("response counted", "tenant=%s status=%d results=%zu bytes=%zu whole=%d learned=%d", fr->tenant,
+		  fr->status, n, clen, fr->scan_whole, fr->learning);
 	return rc;
 }
 
@@ -891,7 +946,8 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 		fr->samples = evbuffer_new();
 		fr->snap = proto_snappy_new(SNAPPY_WINDOW, SAMPLES_DECODED_MAX);
 		fr->scan = proto_scan_new(fr->decoded->n_queries);
-		if (fr->scan)
+		fr->learning = learn_due(fr, now_ms());
+		if (fr->scan && fr->learning)
 			proto_scan_set_series_cb(fr->scan, on_series_labels, fr);
 		if (!fr->samples || !fr->snap || !fr->scan) {
 			proxy_upstream_cancel(fr->ureq);
@@ -910,7 +966,8 @@ static void on_upstream_head(void *arg, const struct http_msg *head)
 			fr->reserved = RESERVE_STREAM;
 		}
 		fr->frames = proto_frame_reader_new(STREAM_MAX_FRAME, fr->decoded->n_queries);
-		if (fr->frames)
+		fr->learning = learn_due(fr, now_ms());
+		if (fr->frames && fr->learning)
 			proto_frame_set_series_cb(fr->frames, on_series_labels, fr);
 	} else {
 		fr->relay = RELAY_PASS;
@@ -1105,6 +1162,7 @@ static void on_upstream_done(void *arg)
 			return;
 		}
 		learn_stream(fr);
+		learn_mark(fr);
 	}
 	f->stats.requests++;
 	count_request(fr->status);

@@ -31,6 +31,8 @@ struct proxy_flow_stats {
 	uint64_t response_series; /* series counted in relayed responses */
 	uint64_t response_bytes;  /* bytes relayed from the store */
 	uint64_t inflight;        /* requests running against the store now */
+	uint64_t learned;         /* complete responses whose series the estimator learned */
+	uint64_t learn_fresh;     /* complete responses not learned: every selector learned < 1 s ago */
 };
 
 /*

@@ -483,6 +483,29 @@ class AdmissionTest(unittest.TestCase):
         self.assertTrue(16 <= int(kv["estimate"]) <= 24, r.header("X-Promguard-Decision"))
         self.assertEqual(d.delta("promguard_estimates_total", source="stats"), 1)
 
+    def test_repeated_selector_is_learned_at_most_once_per_second_but_always_counted(self):
+        pg = self.start({"estimator": {"unknown": "admit"}})
+        a = H.read_body({"series": 20, "grp": "a", "tag": tag()})
+        d = H.MetricsDelta(pg)
+        H.assert_admitted(self, pg.post_read(a), source="default")
+        self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="learned"), 1)
+        # the same selector again at once: relayed and counted, its labels not collected again
+        d = H.MetricsDelta(pg)
+        for _ in range(3):
+            H.assert_admitted(self, pg.post_read(a), source="recall", estimate=20)
+        self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="fresh"), 3)
+        self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="learned"), 0)
+        self.assertEqual(d.delta("promguard_response_series_total"), 60, "a fresh response was not counted")
+        # another selector is learned at once; the first one again after the second has passed
+        d = H.MetricsDelta(pg)
+        H.assert_admitted(self, pg.post_read(H.read_body({"series": 20, "grp": "b", "tag": tag()})))
+        self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="learned"), 1)
+        time.sleep(1.1)
+        d = H.MetricsDelta(pg)
+        H.assert_admitted(self, pg.post_read(a), source="recall")
+        self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="learned"), 1)
+        self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="fresh"), 0)
+
     def test_stats_estimate_for_an_unseen_value(self):
         pg = self.start({"estimator": {"unknown": "admit"}})
         H.assert_admitted(self, pg.post_read(H.read_body({"series": 20, "grp": "a"})), source="default")
