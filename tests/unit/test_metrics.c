@@ -267,6 +267,42 @@ static void test_tenant_labels_past_the_cap_count_as_other(void **state)
 	metrics_set_tenant_limit(METRICS_TENANT_LABELS_DEFAULT);
 }
 
+/* Each family remembers its last label values: repeats, alternation, folded tenants (which must
+ * count their overflow every time) and a raised cap must all land where a full lookup would. */
+static void test_repeated_label_lookups_land_where_a_full_lookup_would(void **state)
+{
+	(void)state;
+	for (int i = 0; i < 5; i++) {
+		metrics_inc(METRICS_REQUESTS, "200", NULL);
+		metrics_inc(METRICS_REQUESTS, "200", NULL);
+		metrics_inc(METRICS_REQUESTS, "429", NULL);
+	}
+	assert_true(metrics_get(METRICS_REQUESTS, "200", NULL) == 10);
+	assert_true(metrics_get(METRICS_REQUESTS, "429", NULL) == 5);
+	assert_true(metrics_get(METRICS_REQUESTS, "4290", NULL) == 0);
+	/* a NULL and an empty value are the same label value */
+	metrics_inc(METRICS_REQUESTS, NULL, NULL);
+	metrics_inc(METRICS_REQUESTS, "", NULL);
+	assert_true(metrics_get(METRICS_REQUESTS, "", NULL) == 2);
+	/* two labels: a change in either one is another series */
+	metrics_inc(METRICS_QUERIES, "a", "admitted");
+	metrics_inc(METRICS_QUERIES, "a", "rejected");
+	metrics_inc(METRICS_QUERIES, "a", "rejected");
+	assert_true(metrics_get(METRICS_QUERIES, "a", "admitted") == 1);
+	assert_true(metrics_get(METRICS_QUERIES, "a", "rejected") == 2);
+
+	metrics_set_tenant_limit(1); /* "a" holds the only tenant slot */
+	for (int i = 0; i < 4; i++)
+		metrics_inc(METRICS_QUERIES, "b", "admitted");
+	assert_true(metrics_get(METRICS_QUERIES, "other", "admitted") == 4);
+	assert_true(metrics_get(METRICS_TENANT_LABEL_OVERFLOW, NULL, NULL) == 4);
+	/* a raised cap gives "b" its own series from the next update on */
+	metrics_set_tenant_limit(METRICS_TENANT_LABELS_DEFAULT);
+	metrics_inc(METRICS_QUERIES, "b", "admitted");
+	assert_true(metrics_get(METRICS_QUERIES, "b", "admitted") == 1);
+	assert_true(metrics_get(METRICS_QUERIES, "other", "admitted") == 4);
+}
+
 static void test_overflow_counter_caps_itself_without_recursing(void **state)
 {
 	char name[32];
@@ -514,6 +550,7 @@ int main(void)
 		T(test_labelled_series_created_on_first_use),
 		T(test_series_render_in_creation_order),
 		T(test_label_cap_folds_into_other_and_counts_overflow),
+		T(test_repeated_label_lookups_land_where_a_full_lookup_would),
 		T(test_overflow_counter_caps_itself_without_recursing),
 		T(test_tenant_labels_past_the_cap_count_as_other),
 		T(test_escapes_quotes_backslashes_and_newlines),
