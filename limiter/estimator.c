@@ -33,6 +33,10 @@
 #define EST_ALLOC_OVERHEAD 16      /* malloc's chunk header, counted with every allocation */
 #define EST_TABLE_MIN 16           /* initial (and smallest) buckets of each hash table */
 #define EST_RNG_SEED 0x9e3779b97f4a7c15ULL
+#define EST_SEEN_KEYS 16384        /* recently learned series remembered, at most (128 KiB) */
+#define EST_SEEN_SHARE 16          /* ... in at most 1/16 of the budget */
+#define EST_SEEN_PERIOD 65536      /* look-ups after which the filter forgets everything */
+#define EST_LEARN_STACK 64         /* labels whose hashes est_learn_series keeps for reuse */
 
 /* Sparse HLLs hold 32-bit hashes in a sorted array until it would outgrow the dense registers. */
 #define EST_SPARSE_MIN 4
@@ -175,6 +179,13 @@ struct est {
 	uint64_t evictions;
 	uint64_t rng;                  /* xorshift64* state (reservoir sampling) */
 	struct est_hints hints;
+	uint64_t *seen;                /* recently learned series: tags, 2 ways per set (NULL: none yet) */
+	size_t seen_keys;              /* slots of seen, a power of two (0 when NULL) */
+	uint64_t seen_salt;            /* mixed into every tag; changing it forgets every entry */
+	uint64_t seen_gen;             /* forgets so far, the source of seen_salt */
+	uint64_t seen_calls;           /* look-ups since the last forget */
+	uint64_t learned_series;       /* est_stats counters */
+	uint64_t learn_skipped;
 };
 
 static void *est_alloc(struct est *e, size_t n)
@@ -463,6 +474,112 @@ static double hll_count(struct est_hll *h)
 	if (est <= 2.5 * m && zeros)
 		est = m * log(m / zeros);
 	return h->cached = est;
+}
+
+/* --- recently learned series ----------------------------------------------------------------- */
+
+/*
+ * A dashboard refreshing sends the same series again and again. Learning one again changes no
+ * sketch (an HLL ignores repeats) yet costs ~2,400 instructions, and it inflates figures meant
+ * to count series, not sightings: a tracked value's hits, the tail's tail_seen and reservoir
+ * samples. So est_learn_series first looks the series up here and stops when it was learned
+ * recently.
+ *
+ * Key: the tenant hash XOR the order-independent label-set hash est_learn_series computes anyway
+ * (no extra hashing), XOR a salt; stored as a 63-bit tag (bit 0 set, 0 marks an empty slot).
+ * Table: 2-way set-associative, the newer entry first, tags only. Its size is fixed per budget:
+ * EST_SEEN_KEYS slots at most, and at most 1/EST_SEEN_SHARE of estimator.max_memory (128 KiB
+ * of the default 64 MiB, 2 KiB of the smallest 64 KiB; none below 512 bytes). It is counted in
+ * the budget like everything learned, allocated on the first learn (a fresh estimator holds
+ * only its empty tables), and given back when a lowered budget no longer leaves it room; the
+ * next learn allocates it again at the size the budget allows. Two series with equal 64-bit
+ * tags, or pushed out of a full set, are only learned once more or one period later: harmless.
+ *
+ * Forgetting changes the salt: every entry goes stale at once, nothing to clear. It happens
+ *   - whenever learned state is dropped (metric_drop: budget evictions, est_free), so an
+ *     evicted metric or tenant is learned again the next time one of its series is seen;
+ *   - on est_configure (a reload starts from a clean slate);
+ *   - every EST_SEEN_PERIOD look-ups. A skipped series does not touch its metric in the LRU
+ *     list, so a metric seen only through skipped series would drift towards eviction; the
+ *     period learns (and touches) it again at least once per 65,536 series relayed. At 4x the
+ *     largest table, a working set that fits is learned again once per period: at worst 1
+ *     look-up in 4 (a full table), 1 in 65 for a dashboard of 1,000 series. Under memory
+ *     pressure evictions forget far more often, keeping recency near exact where it matters.
+ *   So a tracked value's hits count distinct series per period, not sightings.
+ */
+
+/* Slots of the filter <max_memory> affords (a power of two), 0 when too small for one set. */
+static size_t seen_want(uint64_t max_memory)
+{
+	uint64_t share = max_memory / EST_SEEN_SHARE;
+	size_t keys = EST_SEEN_KEYS;
+
+	while (keys >= 2 && keys * sizeof(uint64_t) + EST_ALLOC_OVERHEAD > share)
+		keys /= 2;
+	return keys >= 2 ? keys : 0;
+}
+
+/* Forget every entry: a new salt (mix64 is a bijection, so each generation has its own). */
+static void seen_forget(struct est *e)
+{
+	e->seen_salt = mix64(++e->seen_gen);
+	e->seen_calls = 0;
+}
+
+static void seen_release(struct est *e)
+{
+	est_release(e, e->seen, e->seen_keys * sizeof(*e->seen));
+	e->seen = NULL;
+	e->seen_keys = 0;
+}
+
+/* The 2-way set (two adjacent slots) holding <tag>: chosen by bits above bit 0, always set. */
+static uint64_t *seen_slots(const struct est *e, uint64_t tag)
+{
+	return &e->seen[((tag >> 1) & (e->seen_keys / 2 - 1)) * 2];
+}
+
+/*
+ * Was the series of <key> (tenant hash ^ label-set hash) learned recently? Allocates the filter
+ * on first use and counts the look-up towards the periodic forget. Sets <tag> for seen_put().
+ * Without a filter (budget too small, ENOMEM) nothing is recent: 0.
+ */
+static int seen_test(struct est *e, uint64_t key, uint64_t *tag)
+{
+	uint64_t *w;
+
+	*tag = 0;
+	if (!e->seen) {
+		size_t keys = seen_want(e->max_memory);
+
+		e->seen = keys ? est_zalloc(e, keys * sizeof(*e->seen)) : NULL;
+		if (!e->seen)
+			return 0;
+		e->seen_keys = keys;
+	}
+	if (++e->seen_calls >= EST_SEEN_PERIOD)
+		seen_forget(e);
+	*tag = (key ^ e->seen_salt) | 1;
+	w = seen_slots(e, *tag);
+	if (w[0] == *tag)
+		return 1;
+	if (w[1] != *tag)
+		return 0;
+	w[1] = w[0]; /* the newer entry first: a miss pushes out the older one */
+	w[0] = *tag;
+	return 1;
+}
+
+/* Remember <tag> (from seen_test(), 0: no filter) as learned. */
+static void seen_put(struct est *e, uint64_t tag)
+{
+	uint64_t *w;
+
+	if (!e->seen || !tag)
+		return;
+	w = seen_slots(e, tag);
+	w[1] = w[0];
+	w[0] = tag;
 }
 
 /* --- recall ---------------------------------------------------------------------------------- */
@@ -835,14 +952,20 @@ static struct est_tenant *tenant_find(const struct est *e, const char *name, siz
 	return NULL;
 }
 
-static uint64_t metric_hash(const struct est_tenant *t, const char *name, size_t len)
+/*
+ * Hash of (tenant <t>, metric name hashed <name_hash>): est_learn_series has the name's XXH3
+ * already. The tenant side is mixed so that swapping tenant and metric names changes the hash.
+ */
+static uint64_t metric_hash(const struct est_tenant *t, uint64_t name_hash)
 {
-	return XXH3_64bits_withSeed(name, len, t->node.hash);
+	return name_hash ^ mix64(t->node.hash);
 }
 
-static struct est_metric *metric_find(const struct est *e, const struct est_tenant *t, const char *name, size_t len)
+/* The statistics of (<t>, <name>), <name_hash> its XXH3, or NULL. */
+static struct est_metric *metric_find(const struct est *e, const struct est_tenant *t, const char *name, size_t len,
+				      uint64_t name_hash)
 {
-	uint64_t hash = metric_hash(t, name, len);
+	uint64_t hash = metric_hash(t, name_hash);
 
 	for (struct est_hnode *n = htab_chain(&e->metrics, hash); n; n = n->next) {
 		struct est_metric *m = EST_CONTAINER(n, struct est_metric, node);
@@ -857,6 +980,7 @@ static void metric_drop(struct est *e, struct est_metric *m)
 {
 	struct est_tenant *t = m->tenant;
 
+	seen_forget(e); /* its series must be learned again when next seen */
 	htab_remove(&e->metrics, &m->node);
 	link_del(&m->lru);
 	link_del(&m->siblings);
@@ -871,15 +995,18 @@ static void metric_drop(struct est *e, struct est_metric *m)
 	}
 }
 
-/* The statistics of (<tenant>, <name>), created when missing; NULL on ENOMEM. Most recently used. */
-static struct est_metric *metric_get(struct est *e, const char *tenant, size_t tlen, const char *name, size_t len)
+/*
+ * The statistics of (<tenant>, <name>), created when missing; NULL on ENOMEM. Most recently used.
+ * <th> and <name_hash> are the XXH3 of <tenant> and <name>.
+ */
+static struct est_metric *metric_get(struct est *e, const char *tenant, size_t tlen, uint64_t th, const char *name,
+				     size_t len, uint64_t name_hash)
 {
-	uint64_t th = XXH3_64bits(tenant, tlen);
 	struct est_tenant *t = tenant_find(e, tenant, tlen, th);
 	struct est_metric *m = NULL;
 
 	if (t)
-		m = metric_find(e, t, name, len);
+		m = metric_find(e, t, name, len, name_hash);
 	if (m) {
 		link_touch(&e->metric_lru, &m->lru);
 		return m;
@@ -902,7 +1029,7 @@ static struct est_metric *metric_get(struct est *e, const char *tenant, size_t t
 		}
 		return NULL;
 	}
-	m->node.hash = metric_hash(t, name, len);
+	m->node.hash = metric_hash(t, name_hash);
 	m->tenant = t;
 	hll_init(&m->series, EST_METRIC_HLL_P);
 	m->name_len = (uint32_t)len;
@@ -917,7 +1044,9 @@ static struct est_metric *metric_get(struct est *e, const char *tenant, size_t t
 
 /*
  * Get back under max_memory: least recently used recall entries first (cheap to relearn, and
- * a probe can answer again), then least recently used metrics; finally give back hash buckets.
+ * a probe can answer again), then the recently-learned filter if it is larger than the budget
+ * now affords (a lowered budget: it comes back at its new size on the next learn), then least
+ * recently used metrics; finally give back the filter and hash buckets.
  */
 static void enforce_budget(struct est *e)
 {
@@ -925,11 +1054,14 @@ static void enforce_budget(struct est *e)
 		recall_drop(e, EST_CONTAINER(e->recall_lru.prev, struct est_recall, lru));
 		e->evictions++;
 	}
+	if (e->mem > e->max_memory && e->seen_keys > seen_want(e->max_memory))
+		seen_release(e);
 	while (e->mem > e->max_memory && !link_empty(&e->metric_lru)) {
 		metric_drop(e, EST_CONTAINER(e->metric_lru.prev, struct est_metric, lru));
 		e->evictions++;
 	}
 	if (e->mem > e->max_memory) {
+		seen_release(e);
 		htab_shrink(e, &e->recall);
 		htab_shrink(e, &e->metrics);
 		htab_shrink(e, &e->tenants);
@@ -1045,6 +1177,7 @@ void est_free(struct est *e)
 		recall_drop(e, EST_CONTAINER(e->recall_lru.prev, struct est_recall, lru));
 	while (!link_empty(&e->metric_lru))
 		metric_drop(e, EST_CONTAINER(e->metric_lru.prev, struct est_metric, lru));
+	seen_release(e);
 	htab_deinit(e, &e->recall);
 	htab_deinit(e, &e->metrics);
 	htab_deinit(e, &e->tenants);
@@ -1061,6 +1194,11 @@ int est_configure(struct est *e, const struct est_settings *s)
 	hints_free(&e->hints);
 	e->hints = hints;
 	apply_scalars(e, s);
+	/* A raised budget affords a larger filter: the next learn allocates it. A lowered one is
+	 * handled by enforce_budget (only when memory is short). */
+	if (e->seen_keys < seen_want(e->max_memory))
+		seen_release(e);
+	seen_forget(e);
 	enforce_budget(e);
 	return 0;
 }
@@ -1073,6 +1211,9 @@ void est_get_stats(const struct est *e, struct est_stats *out)
 	out->metrics = e->metrics.n;
 	out->label_values = e->n_values;
 	out->evictions = e->evictions;
+	out->learned_series = e->learned_series;
+	out->learn_skipped = e->learn_skipped;
+	out->learn_forgets = e->seen_gen;
 }
 
 /* --- fingerprint ----------------------------------------------------------------------------- */
@@ -1442,7 +1583,8 @@ static void stats_estimate(struct est *e, const char *tenant, const struct est_p
 	if (!t)
 		return;
 	if (p->metric) {
-		struct est_metric *m = metric_find(e, t, p->metric, strlen(p->metric));
+		size_t len = strlen(p->metric);
+		struct est_metric *m = metric_find(e, t, p->metric, len, XXH3_64bits(p->metric, len));
 
 		if (!m)
 			return;
@@ -1524,39 +1666,64 @@ void est_estimate(struct est *e, const char *tenant, const struct proto_query *q
 
 /* --- learning -------------------------------------------------------------------------------- */
 
+/* The hashes of one label, computed once for the label-set hash and reused to learn it. */
+struct est_label_hash {
+	uint64_t name;  /* XXH3 of the name */
+	uint64_t value; /* XXH3 of the value */
+};
+
 void est_learn_series(struct est *e, const char *tenant, const struct proto_label *labels, size_t n_labels)
 {
+	struct est_label_hash lh[EST_LEARN_STACK]; /* the first labels' hashes (more are hashed again) */
 	const struct proto_label *name = NULL;
 	struct est_metric *m;
-	uint64_t set = 0, present = 0;
+	uint64_t set = 0, present = 0, name_hash = 0, th, tag;
+	size_t tlen;
 	uint32_t sh;
 
 	tenant = tenant ? tenant : "";
 	for (size_t i = 0; i < n_labels; i++) {
 		const struct proto_label *l = &labels[i];
+		uint64_t nh = XXH3_64bits(l->name, l->name_len), vh = XXH3_64bits(l->value, l->value_len);
 
-		if (!name && l->name_len == 8 && memcmp(l->name, "__name__", 8) == 0)
+		if (i < EST_LEARN_STACK)
+			lh[i] = (struct est_label_hash){ nh, vh };
+		if (!name && l->name_len == 8 && memcmp(l->name, "__name__", 8) == 0) {
 			name = l;
+			name_hash = vh;
+		}
 		/* Order-independent label-set hash: the sum of a mixed hash per (name, value) pair. */
-		set += mix64(XXH3_64bits(l->name, l->name_len) * 31 + XXH3_64bits(l->value, l->value_len));
+		set += mix64(nh * 31 + vh);
 	}
-	if (!name || name->value_len == 0 || name->value_len > EST_MAX_NAME_LEN || strlen(tenant) > EST_MAX_NAME_LEN)
+	tlen = strlen(tenant);
+	if (!name || name->value_len == 0 || name->value_len > EST_MAX_NAME_LEN || tlen > EST_MAX_NAME_LEN)
 		return; /* no metric to file it under */
-	m = metric_get(e, tenant, strlen(tenant), name->value, name->value_len);
-	if (!m)
+	th = XXH3_64bits(tenant, tlen);
+	if (seen_test(e, set ^ th, &tag)) {
+		e->learn_skipped++; /* learned recently: nothing would change but the counts of repeats */
 		return;
+	}
+	m = metric_get(e, tenant, tlen, th, name->value, name->value_len, name_hash);
+	if (!m) {
+		enforce_budget(e); /* the filter may just have been allocated */
+		return;
+	}
 	sh = (uint32_t)(set >> 32);
 	for (size_t i = 0; i < n_labels; i++) {
 		const struct proto_label *l = &labels[i];
+		struct est_label_hash h;
 		int li;
 
 		/* An empty value is an absent label; empty or huge names are not kept. */
 		if (l == name || l->value_len == 0 || l->name_len == 0 || l->name_len > EST_MAX_NAME_LEN)
 			continue;
-		li = label_get(e, m, l->name, l->name_len, XXH3_64bits(l->name, l->name_len));
+		h = i < EST_LEARN_STACK ? lh[i]
+					: (struct est_label_hash){ XXH3_64bits(l->name, l->name_len),
+								   XXH3_64bits(l->value, l->value_len) };
+		li = label_get(e, m, l->name, l->name_len, h.name);
 		if (li < 0)
 			continue;
-		label_learn(e, m->labels[li], l->value, l->value_len, XXH3_64bits(l->value, l->value_len), sh);
+		label_learn(e, m->labels[li], l->value, l->value_len, h.value, sh);
 		present |= 1ULL << li;
 	}
 	/* The metric's other labels are absent from this series (EST_MAX_LABELS fits the mask). */
@@ -1564,6 +1731,8 @@ void est_learn_series(struct est *e, const char *tenant, const struct proto_labe
 		if (!(present & (1ULL << i)))
 			hll_add(e, &m->labels[i]->absent, sh);
 	hll_add(e, &m->series, sh); /* last: label_get() counts the series before this one */
+	e->learned_series++;
+	seen_put(e, tag); /* before enforce_budget: evicting this very metric forgets it again */
 	enforce_budget(e);
 }
 
@@ -1588,7 +1757,8 @@ void est_learn_query(struct est *e, const char *tenant, const struct proto_query
 		const char *t = tenant ? tenant : "";
 		size_t tlen = strlen(t);
 		const struct est_tenant *ten = tenant_find(e, t, tlen, XXH3_64bits(t, tlen));
-		struct est_metric *m = ten ? metric_find(e, ten, p.metric, strlen(p.metric)) : NULL;
+		size_t len = strlen(p.metric);
+		struct est_metric *m = ten ? metric_find(e, ten, p.metric, len, XXH3_64bits(p.metric, len)) : NULL;
 
 		if (m && samples > 0) {
 			double bps = (double)bytes / (double)samples;

@@ -13,6 +13,11 @@
  *   default  nothing known: series 0, the caller decides (probe, admit or reject).
  * A probe's answer is fed back with est_learn_probe() and is then a recall entry (source probe).
  *
+ * A series relayed again soon after it was learned (dashboards refreshing) is not learned again:
+ * a fixed-size filter of recently learned series (tenant, label set) skips it, so the stats
+ * count series, not sightings. The filter forgets when learned state is dropped, on reload and
+ * periodically (see "recently learned series" in estimator.c).
+ *
  * Everything learned stays within the memory budget (estimator.max_memory): least recently used
  * recall entries and metrics are dropped first. All calls happen on the event loop thread.
  */
@@ -75,7 +80,8 @@ void est_estimate(struct est *e, const char *tenant, const struct proto_query *q
 
 /*
  * Learn one series seen in a relayed response for <tenant> (labels as on the wire, any order).
- * Feeds the metric's HLL and label value tables.
+ * Feeds the metric's HLL and label value tables. A series learned recently for the same tenant
+ * (same label set, in any order) is skipped and counted in est_stats.learn_skipped.
  */
 void est_learn_series(struct est *e, const char *tenant, const struct proto_label *labels, size_t n_labels);
 
@@ -97,6 +103,9 @@ struct est_stats {
 	uint64_t metrics;          /* (tenant, metric) entries with stats */
 	uint64_t label_values;     /* exactly tracked label values over all metrics */
 	uint64_t evictions;        /* entries dropped to stay within the budget */
+	uint64_t learned_series;   /* series est_learn_series learned */
+	uint64_t learn_skipped;    /* series it skipped: learned recently (same tenant and label set) */
+	uint64_t learn_forgets;    /* times the recently-learned filter forgot every entry */
 };
 
 void est_get_stats(const struct est *e, struct est_stats *out);

@@ -309,6 +309,8 @@ void proxy_flow_refresh_metrics(struct proxy_flow *f)
 	metrics_set(METRICS_EST_ENTRIES, "metrics", NULL, (double)st.metrics);
 	metrics_set(METRICS_EST_ENTRIES, "label_values", NULL, (double)st.label_values);
 	metrics_set(METRICS_EST_EVICTIONS, NULL, NULL, (double)st.evictions);
+	metrics_set(METRICS_EST_SERIES, "learned", NULL, (double)st.learned_series);
+	metrics_set(METRICS_EST_SERIES, "recent", NULL, (double)st.learn_skipped);
 	metrics_set(METRICS_EST_RESPONSES, "learned", NULL, (double)f->stats.learned);
 	metrics_set(METRICS_EST_RESPONSES, "fresh", NULL, (double)f->stats.learn_fresh);
 }

@@ -118,6 +118,9 @@ enum metrics_buckets {
 	  "Estimator entries by kind (recall, metrics, label_values).") \
 	X(EST_EVICTIONS, "promguard_estimator_evictions_total", METRICS_COUNTER, "", METRICS_B_NONE, \
 	  "Estimator entries dropped to stay within estimator.max_memory.") \
+	X(EST_SERIES, "promguard_estimator_series_total", METRICS_COUNTER, "outcome", METRICS_B_NONE, \
+	  "Series offered to the estimator from relayed responses: learned, or recent (the same tenant " \
+	  "and label set was learned recently, so it is not counted twice).") \
 	X(EST_RESPONSES, "promguard_estimator_responses_total", METRICS_COUNTER, "outcome", METRICS_B_NONE, \
 	  "Complete responses by what the estimator took from them: learned (their series labels), or " \
 	  "fresh (counted only: every selector's answer was learned from within the last second).") \

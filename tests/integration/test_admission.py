@@ -505,6 +505,9 @@ class AdmissionTest(unittest.TestCase):
         H.assert_admitted(self, pg.post_read(a), source="recall")
         self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="learned"), 1)
         self.assertEqual(d.delta("promguard_estimator_responses_total", outcome="fresh"), 0)
+        # learned again, its 20 series were seen a second ago: not counted twice by the estimator
+        self.assertEqual(d.delta("promguard_estimator_series_total", outcome="recent"), 20)
+        self.assertEqual(d.delta("promguard_estimator_series_total", outcome="learned"), 0)
 
     def test_stats_estimate_for_an_unseen_value(self):
         pg = self.start({"estimator": {"unknown": "admit"}})

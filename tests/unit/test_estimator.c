@@ -1,7 +1,8 @@
 /*
  * est: recall of learned outcomes, selector fingerprints, estimates from learned label
  * statistics (EQ/RE/NEQ/NRE shares, unseen labels, __name__ regexes), hints, samples and bytes,
- * the memory budget and its evictions, and hostile label sets.
+ * the filter that skips recently learned series (and when it forgets), the memory budget and
+ * its evictions, and hostile label sets.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -87,7 +88,8 @@ static struct est *new_est(uint64_t budget, const struct est_hint *hints, size_t
 }
 
 /* kube_pod_info{namespace="ns-N", pod="pod-N-I", job="api"|"db" by pod parity}, learned twice
- * (a dashboard refreshing: learning again must not count series twice). */
+ * (a dashboard refreshing: the second round is mostly skipped as recently learned, and what is
+ * learned again must not count series twice). */
 static struct est *pods_est(void)
 {
 	struct est *e = new_est(BUDGET, NULL, 0);
@@ -469,7 +471,11 @@ static void test_heavy_value_arriving_late_is_promoted(void **state)
 	int n = 0;
 
 	(void)state;
-	/* 200 light values (2 series each) first, then one value with 2000 series. */
+	/*
+	 * 200 light values (2 series each) first, then one value with 2000 series, each learned
+	 * once: promotion must come from distinct series (the same series relayed again is skipped
+	 * and must not make a value heavy).
+	 */
 	for (int v = 0; v < 200; v++) {
 		for (int s = 0; s < 2; s++) {
 			snprintf(code, sizeof(code), "c%d", v);
@@ -477,16 +483,200 @@ static void test_heavy_value_arriving_late_is_promoted(void **state)
 			learn(e, "t1", "__name__", "events_total", "code", code, "id", id, NULL);
 		}
 	}
-	for (int round = 0; round < 3; round++) {
-		for (int s = 0; s < 2000; s++) {
-			snprintf(id, sizeof(id), "h%d", s);
-			learn(e, "t1", "__name__", "events_total", "code", "heavy", "id", id, NULL);
-		}
+	for (int s = 0; s < 2000; s++) {
+		snprintf(id, sizeof(id), "h%d", s);
+		learn(e, "t1", "__name__", "events_total", "code", "heavy", "id", id, NULL);
 	}
 	query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "events_total", "code", PROTO_MATCH_EQ, "heavy", NULL);
 	assert_near(estimate_series(e, &t.q, EST_SOURCE_STATS), 2000, 0.5);
 	query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "events_total", "code", PROTO_MATCH_EQ, "c150", NULL);
 	assert_true(estimate_series(e, &t.q, EST_SOURCE_STATS) <= 8);
+	est_free(e);
+}
+
+/* --- recently learned series ----------------------------------------------------------------- */
+
+static struct est_stats stats(const struct est *e)
+{
+	struct est_stats st;
+
+	est_get_stats(e, &st);
+	return st;
+}
+
+static void test_repeated_series_is_learned_once(void **state)
+{
+	struct est *e = new_est(BUDGET, NULL, 0);
+	struct est_stats before, after;
+	char code[16];
+
+	(void)state;
+	/* 64 codes fill the exactly tracked values; "tail" is then a tail value, and each of its
+	 * occurrences learned goes to the reservoir (a sample: memory). */
+	for (int i = 0; i < 64; i++) {
+		snprintf(code, sizeof(code), "c%d", i);
+		learn(e, "t1", "__name__", "http_requests_total", "code", code, "id", "0", NULL);
+	}
+	learn(e, "t1", "__name__", "http_requests_total", "code", "tail", "id", "1", NULL);
+	before = stats(e);
+	assert_int_equal(before.learned_series, 65);
+	assert_int_equal(before.learn_skipped, 0);
+	/* The same series again, its labels in another order: skipped, nothing changes. */
+	learn(e, "t1", "id", "1", "code", "tail", "__name__", "http_requests_total", NULL);
+	learn(e, "t1", "__name__", "http_requests_total", "code", "tail", "id", "1", NULL);
+	after = stats(e);
+	assert_int_equal(after.learn_skipped, 2);
+	assert_int_equal(after.learned_series, 65);
+	assert_int_equal(after.memory_bytes, before.memory_bytes);
+	/* Another series with the same tail value is learned (a new sample), */
+	learn(e, "t1", "__name__", "http_requests_total", "code", "tail", "id", "2", NULL);
+	after = stats(e);
+	assert_int_equal(after.learned_series, 66);
+	assert_true(after.memory_bytes > before.memory_bytes);
+	/* and so is the same label set for another tenant. */
+	learn(e, "t2", "__name__", "http_requests_total", "code", "tail", "id", "1", NULL);
+	after = stats(e);
+	assert_int_equal(after.learned_series, 67);
+	assert_int_equal(after.learn_skipped, 2);
+	assert_int_equal(after.metrics, 2);
+	est_free(e);
+}
+
+static void test_evicted_metric_is_learned_again(void **state)
+{
+	struct est *e = new_est(256 << 10, NULL, 0);
+	struct est_stats before, after;
+	char name[32];
+	struct tq t;
+
+	(void)state;
+	learn(e, "t1", "__name__", "first", "job", "a", NULL);
+	learn(e, "t1", "__name__", "first", "job", "a", NULL);
+	assert_int_equal(stats(e).learn_skipped, 1);
+	/* Other metrics until the budget evicts the least recently used: "first" (skipped, its
+	 * repeat did not touch it). */
+	for (int i = 0; stats(e).evictions == 0; i++) {
+		assert_true(i < 100000);
+		snprintf(name, sizeof(name), "other_%d", i);
+		learn(e, "t1", "__name__", name, "job", "a", NULL);
+	}
+	query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "first", NULL);
+	assert_int_equal(estimate_series(e, &t.q, EST_SOURCE_DEFAULT), 0);
+	/* Its series is learned again when next seen, not skipped as recently learned. */
+	before = stats(e);
+	learn(e, "t1", "__name__", "first", "job", "a", NULL);
+	after = stats(e);
+	assert_int_equal(after.learned_series, before.learned_series + 1);
+	assert_int_equal(after.learn_skipped, before.learn_skipped);
+	assert_int_equal(estimate_series(e, &t.q, EST_SOURCE_STATS), 1);
+	est_free(e);
+}
+
+static void test_configure_forgets_learned_series(void **state)
+{
+	struct est *e = new_est(BUDGET, NULL, 0);
+	struct est_settings s = { SCRAPE_MS, 1, NULL, 0 };
+	struct est_stats fresh = stats(e), st;
+	struct tq t;
+
+	(void)state;
+	learn(e, "t1", "__name__", "up", "job", "a", NULL);
+	learn(e, "t1", "__name__", "up", "job", "a", NULL);
+	st = stats(e);
+	assert_int_equal(st.learned_series, 1);
+	assert_int_equal(st.learn_skipped, 1);
+	/* The filter is counted in the budget (128 KiB at this one), allocated on the first learn. */
+	assert_true(st.memory_bytes >= fresh.memory_bytes + 16384 * 8);
+	/* A reload leaving no room drops everything, the filter included. */
+	assert_int_equal(est_configure(e, &s), 0);
+	st = stats(e);
+	assert_int_equal(st.metrics, 0);
+	assert_int_equal(st.memory_bytes, fresh.memory_bytes);
+	/* With room again, the series is learned again. */
+	s.max_memory = BUDGET;
+	assert_int_equal(est_configure(e, &s), 0);
+	learn(e, "t1", "__name__", "up", "job", "a", NULL);
+	st = stats(e);
+	assert_int_equal(st.learned_series, 2);
+	assert_int_equal(st.learn_skipped, 1);
+	query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "up", NULL);
+	assert_int_equal(estimate_series(e, &t.q, EST_SOURCE_STATS), 1);
+	/* A reload that drops nothing forgets as well. */
+	assert_int_equal(est_configure(e, &s), 0);
+	learn(e, "t1", "__name__", "up", "job", "a", NULL);
+	assert_int_equal(stats(e).learned_series, 3);
+	assert_int_equal(estimate_series(e, &t.q, EST_SOURCE_STATS), 1);
+	est_free(e);
+}
+
+/* Learn metric <name> with one series of two labels (larger than the filler metrics below). */
+static void learn_wide(struct est *e, const char *name)
+{
+	learn(e, "t1", "__name__", name, "job", "kube-state-metrics", "instance", "10.20.30.40:8080", NULL);
+}
+
+static void test_forget_period_learns_repeated_series_again(void **state)
+{
+	struct est *e = new_est(256 << 10, NULL, 0);
+	struct est_stats st;
+	uint64_t forgets, n = 0;
+	char name[32];
+	struct tq t;
+
+	(void)state;
+	learn_wide(e, "a_metric");
+	learn_wide(e, "b_metric");
+	learn_wide(e, "a_metric"); /* skipped: "a_metric" stays least recently used */
+	forgets = stats(e).learn_forgets;
+	/* Repeat b's series until the filter forgets (one period of look-ups): the repeat after it
+	 * is learned again, the others skipped. */
+	while (stats(e).learn_forgets == forgets) {
+		assert_true(++n < (1u << 20));
+		learn_wide(e, "b_metric");
+	}
+	st = stats(e);
+	assert_int_equal(st.learned_series, 3);
+	assert_int_equal(st.learn_skipped, n); /* a's repeat, and b's but the last */
+	/* a's series is learned again too, which makes "a_metric" the most recently used. */
+	learn_wide(e, "a_metric");
+	assert_int_equal(stats(e).learned_series, 4);
+	/* Smaller metrics until the first eviction: it takes b, the least recently used now. */
+	for (int i = 0; stats(e).evictions == 0; i++) {
+		assert_true(i < 100000);
+		snprintf(name, sizeof(name), "m%d", i);
+		learn(e, "t1", "__name__", name, "j", "x", NULL);
+	}
+	assert_int_equal(stats(e).evictions, 1);
+	query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "b_metric", NULL);
+	assert_int_equal(estimate_series(e, &t.q, EST_SOURCE_DEFAULT), 0);
+	query(&t, HOUR_MS, "__name__", PROTO_MATCH_EQ, "a_metric", NULL);
+	assert_int_equal(estimate_series(e, &t.q, EST_SOURCE_STATS), 1);
+	est_free(e);
+}
+
+static void test_filter_memory_stays_fixed(void **state)
+{
+	struct est *e = new_est(BUDGET, NULL, 0);
+	struct est_stats mid = { 0 }, end;
+	char id[16];
+
+	(void)state;
+	/*
+	 * 1,000,000 distinct series of one metric. Once its sketches are dense and its tracked
+	 * values and reservoir full, learning more takes no memory: neither do the filter's
+	 * 1,000,000 entries (it holds 16,384 and forgets every period).
+	 */
+	for (int i = 0; i < 1000000; i++) {
+		snprintf(id, sizeof(id), "%07d", i);
+		learn(e, "t1", "__name__", "requests_total", "id", id, NULL);
+		if (i == 9999)
+			mid = stats(e);
+	}
+	end = stats(e);
+	assert_int_equal(end.learned_series, 1000000);
+	assert_int_equal(end.learn_skipped, 0);
+	assert_true(end.learn_forgets >= 1000000 / 65536);
+	assert_int_equal(end.memory_bytes, mid.memory_bytes);
 	est_free(e);
 }
 
@@ -592,6 +782,31 @@ static void test_configure_smaller_budget_evicts_at_once(void **state)
 	est_free(e);
 }
 
+static void test_lowered_budget_shrinks_filter_before_metrics(void **state)
+{
+	struct est *e = new_est(BUDGET, NULL, 0);
+	struct est_settings s = { SCRAPE_MS, 0, NULL, 0 };
+	struct est_stats st;
+
+	(void)state;
+	learn_metrics(e, 5, 50, NULL);
+	st = stats(e);
+	/* 1 KiB short: the filter sized for 64 MiB (128 KiB) goes back, no metric is evicted, */
+	s.max_memory = st.memory_bytes - 1024;
+	assert_int_equal(est_configure(e, &s), 0);
+	st = stats(e);
+	assert_int_equal(st.metrics, 5);
+	assert_int_equal(st.evictions, 0);
+	assert_true(st.memory_bytes + 100 * 1024 < s.max_memory);
+	/* and the next learn brings it back at the size the budget affords (1/16 of it at most). */
+	learn(e, "t1", "__name__", "up", "job", "a", NULL);
+	learn(e, "t1", "__name__", "up", "job", "a", NULL);
+	st = stats(e);
+	assert_int_equal(st.learn_skipped, 1);
+	assert_true(st.memory_bytes <= s.max_memory);
+	est_free(e);
+}
+
 /* --- hostile input --------------------------------------------------------------------------- */
 
 static void test_hostile_labels_do_not_crash(void **state)
@@ -686,9 +901,15 @@ int main(void)
 		cmocka_unit_test_teardown(test_hint_used_without_stats_and_stats_win, teardown),
 		cmocka_unit_test_teardown(test_bytes_follow_learned_bytes_per_sample, teardown),
 		cmocka_unit_test_teardown(test_heavy_value_arriving_late_is_promoted, teardown),
+		cmocka_unit_test_teardown(test_repeated_series_is_learned_once, teardown),
+		cmocka_unit_test_teardown(test_evicted_metric_is_learned_again, teardown),
+		cmocka_unit_test_teardown(test_configure_forgets_learned_series, teardown),
+		cmocka_unit_test_teardown(test_forget_period_learns_repeated_series_again, teardown),
+		cmocka_unit_test_teardown(test_filter_memory_stays_fixed, teardown),
 		cmocka_unit_test_teardown(test_budget_respected_while_learning, teardown),
 		cmocka_unit_test_teardown(test_recall_entries_go_before_metrics, teardown),
 		cmocka_unit_test_teardown(test_configure_smaller_budget_evicts_at_once, teardown),
+		cmocka_unit_test_teardown(test_lowered_budget_shrinks_filter_before_metrics, teardown),
 		cmocka_unit_test_teardown(test_hostile_labels_do_not_crash, teardown),
 		cmocka_unit_test_teardown(test_source_names, teardown),
 	};
