@@ -19,9 +19,11 @@
  *
  * Input may stop anywhere. An element header cut by the end of a feed waits in <pend> (at most
  * MAX_HDR bytes), and a literal cut by it leaves <lit_left> bytes for the next feed. The hot loop
- * (decode_fast) runs while whole headers are in the input and each element fits below the output
- * limit; everything else (cut headers and literals, a full buffer, every error) goes through
- * decode_step, one element at a time, which does all the checking and reporting.
+ * (decode_fast) decodes straight from the input while whole elements are there and fit below the
+ * output limit, without bounds checks away from both ends; everything else (cut headers and
+ * literals, a full buffer, every error) goes through decode_step, one element at a time, which
+ * does all the checking and reporting. The callback gets everything one feed produced in one
+ * call (or one per CHUNK when the buffer slides).
  */
 #include "proto/snappy.h"
 
@@ -40,6 +42,10 @@
 #define SLACK 64
 /* Longest element header: a tag and four length or offset bytes. */
 #define MAX_HDR 5
+/* Input and output left over which the hot loop checks no bounds: a short literal's tag and 16
+ * bytes, which also covers a copy's 5-byte header; a copy's 64 bytes. */
+#define FAST_IN 17
+#define FAST_OUT 64
 /* The snappy format caps the decoded length at 2^32 - 1. */
 #define MAX_DECLARED UINT32_MAX
 /* A uvarint needs at most 10 bytes for 64 bits. */
@@ -52,6 +58,31 @@ enum snappy_tag {
 	TAG_COPY2 = 2,
 	TAG_COPY4 = 3,
 };
+
+/*
+ * What a tag byte says, looked up instead of worked out (as libsnappy's char_table), for
+ * decode_checked and hdr_len: bits 0..7 the length (a literal's up to 60; 1 for a longer
+ * literal, to which its length bytes add; a copy's), bits 8..10 the high offset bits of a copy
+ * with a 1-byte offset, bits 11..13 the number of length or offset bytes after the tag (for a
+ * literal's upper six bits 60..63: 1..4, written without a subtraction that would go negative,
+ * and warn, in the branch not taken). Built by the preprocessor: nothing to initialise.
+ */
+#define TAG_EXTRA_SHIFT 11
+#define TAG_ENTRY(t)                                                                                \
+	(((t) & 3) == TAG_LITERAL ? ((t) >> 2 < 60 ? ((t) >> 2) + 1 : 1 | ((((t) >> 2) & 3) + 1) << TAG_EXTRA_SHIFT) \
+	 : ((t) & 3) == TAG_COPY1 ? ((((t) >> 2) & 7) + 4) | ((t) >> 5) << 8 | 1 << TAG_EXTRA_SHIFT      \
+	 : ((t) & 3) == TAG_COPY2 ? (((t) >> 2) + 1) | 2 << TAG_EXTRA_SHIFT                              \
+				  : (((t) >> 2) + 1) | 4 << TAG_EXTRA_SHIFT)
+#define TAG_ENTRY4(t) TAG_ENTRY(t), TAG_ENTRY((t) + 1), TAG_ENTRY((t) + 2), TAG_ENTRY((t) + 3)
+#define TAG_ENTRY16(t) TAG_ENTRY4(t), TAG_ENTRY4((t) + 4), TAG_ENTRY4((t) + 8), TAG_ENTRY4((t) + 12)
+#define TAG_ENTRY64(t) TAG_ENTRY16(t), TAG_ENTRY16((t) + 16), TAG_ENTRY16((t) + 32), TAG_ENTRY16((t) + 48)
+
+static const uint16_t tag_table[256] = {
+	TAG_ENTRY64(0), TAG_ENTRY64(64), TAG_ENTRY64(128), TAG_ENTRY64(192),
+};
+
+/* Mask keeping the first n (0..4) of four little-endian bytes. */
+static const uint32_t extra_mask[5] = { 0, 0xff, 0xffff, 0xffffff, 0xffffffff };
 
 enum snappy_state {
 	SNAPPY_HEADER = 0, /* reading the decoded-length uvarint */
@@ -122,16 +153,7 @@ static inline uint64_t in_offset(const struct proto_snappy *s, const struct snap
 /* Bytes in the element header that starts with <tag>. */
 static inline size_t hdr_len(uint8_t tag)
 {
-	switch (tag & 3) {
-	case TAG_LITERAL:
-		return (tag >> 2) < 60 ? 1 : (size_t)(tag >> 2) - 58; /* 60 -> 2 ... 63 -> 5 */
-	case TAG_COPY1:
-		return 2;
-	case TAG_COPY2:
-		return 3;
-	default:
-		return 5;
-	}
+	return 1 + (size_t)(tag_table[tag] >> TAG_EXTRA_SHIFT);
 }
 
 /* Little-endian loads; compilers turn them into single unaligned loads. */
@@ -259,47 +281,130 @@ static int make_room(struct proto_snappy *s, struct snappy_feed *f, size_t need)
 }
 
 /*
- * The hot loop: decode whole elements from the input while MAX_HDR bytes remain, each literal is
- * whole in the input, each element's output fits below out_limit, and each offset reaches only
- * bytes the window holds. Stops before the first element that breaks one of these, leaving it to
- * decode_step, which does the slow but complete handling (and all error reporting).
+ * Decode one element whose whole header (MAX_HDR bytes are there) starts at *<ipp>, into *<opp>,
+ * if its literal bytes are all in the input before <end>, its output fits below <limit> and its
+ * offset reaches only bytes the window holds; moves both cursors past it and returns true. Else
+ * returns false and moves nothing: decode_step will deal with it.
  */
-static void decode_fast(struct proto_snappy *s, struct snappy_feed *f)
+static inline bool decode_checked(const uint8_t **ipp, uint8_t **opp, const uint8_t *end, uint8_t *buf,
+				  const uint8_t *limit, size_t window)
+{
+	const uint8_t *ip = *ipp;
+	uint8_t *op = *opp;
+	const uint32_t entry = tag_table[*ip];
+	const size_t extra = entry >> TAG_EXTRA_SHIFT;
+	/* Reads 4 bytes whatever the header's size: MAX_HDR bytes are there. */
+	const uint32_t trailer = load_le32(ip + 1) & extra_mask[extra];
+	const size_t room = (size_t)(limit - op);
+
+	if ((*ip & 3) == TAG_LITERAL) {
+		const uint8_t *lit = ip + 1 + extra;
+		const size_t avail = (size_t)(end - lit);
+		/* 64-bit: a 4-byte length + 1 must not wrap where size_t is 32 bits. */
+		const uint64_t len = (uint64_t)(entry & 0xff) + trailer;
+
+		if (len > avail || len > room)
+			return false;
+		memcpy(op, lit, (size_t)len);
+		*opp = op + len;
+		*ipp = lit + len;
+		return true;
+	}
+	const size_t len = entry & 0xff;
+	const size_t off = (entry & 0x700) + (size_t)trailer;
+
+	/* A copy may reach min(<window>, bytes decoded). Before the first slide buf[0] is the first
+	 * decoded byte; after it at least <window> bytes lie below <op>: op - buf serves. */
+	if (len > room || off - 1 >= (size_t)(op - buf) || off > window) /* off 0 wraps to SIZE_MAX */
+		return false;
+	copy_back(op, off, len);
+	*opp = op + len;
+	*ipp = ip + 1 + extra;
+	return true;
+}
+
+/*
+ * The hot loop: decode whole elements from the input while each is whole in it (header and
+ * literal bytes), its output fits below out_limit and its offset reaches only bytes the window
+ * holds. Stops before the first element that breaks one of these, leaving it to decode_step,
+ * which does the slow but complete handling (and all error reporting).
+ *
+ * Most elements are decoded in the safe zone, more than FAST_IN input bytes from the end and
+ * FAST_OUT output bytes from the limit. There a short literal (up to 16 bytes, moved as 16) and
+ * any copy (up to 64 bytes, moved in 16-byte steps) fit without a bounds check; only a copy's
+ * offset is checked. Longer literals and the elements near either end go through
+ * decode_checked, one at a time.
+ *
+ * Measured with callgrind on the SAMPLES body of a 10-series, 10-sample query (2,564 bytes
+ * decoded, 809 compressed, 223 elements: half short literals, half 16-byte copies; one feed):
+ * one loop with a hdr_len and a parse_elem switch and every bound checked per element took
+ * 10,700 instructions (48 per element). The safe zone, each copy kind decoded in its own branch
+ * (slightly cheaper than the table) and this function kept out of line (inlined into the feed,
+ * it spills its cursors: ~100 more) take 6,860 (31). libsnappy's snappy_uncompress takes 12,600
+ * for the same body. bench_snappy's 16 MB body, decode only: 1.48 -> 1.58 GB/s.
+ */
+__attribute__((noinline)) static void decode_fast(struct proto_snappy *s, struct snappy_feed *f)
 {
 	const uint8_t *ip = f->ip;
 	const uint8_t *const end = f->end;
 	uint8_t *const buf = s->buf;
 	uint8_t *op = buf + s->pos;
-	uint8_t *const limit = buf + out_limit(s);
+	const uint8_t *const limit = buf + out_limit(s);
 	const size_t window = s->window;
+	/* Empty zones (the cursors themselves) when the input or the room is short. */
+	const uint8_t *const ip_safe = end - ip > FAST_IN ? end - FAST_IN : ip;
+	const uint8_t *const op_safe = limit - op > FAST_OUT ? limit - FAST_OUT : op;
 
-	while (end - ip >= MAX_HDR) {
-		struct snappy_elem e;
-		size_t hl = hdr_len(*ip);
-		size_t reach;
+	for (;;) {
+		while (ip < ip_safe && op < op_safe) {
+			const uint8_t tag = *ip;
 
-		parse_elem(ip, &e);
-		if (e.literal) {
-			if (e.len > (uint64_t)(end - ip - (ptrdiff_t)hl) || e.len > (uint64_t)(limit - op))
+			if ((tag & 3) == TAG_LITERAL) {
+				const size_t len = (size_t)(tag >> 2) + 1;
+
+				if (tag >= 16 << 2) /* longer than 16 bytes */
+					break;
+				memcpy(op, ip + 1, 16); /* FAST_IN and FAST_OUT leave room for 16 */
+				op += len;
+				ip += 1 + len;
+				continue;
+			}
+			size_t len, off, hl;
+
+			/* Each kind on its own: cheaper than the table once the tag's kind is tested. */
+			if ((tag & 3) == TAG_COPY2) {
+				len = (size_t)(tag >> 2) + 1;
+				off = load_le16(ip + 1);
+				hl = 3;
+			} else if ((tag & 3) == TAG_COPY1) {
+				len = (size_t)((tag >> 2) & 7) + 4;
+				off = (size_t)(tag >> 5) << 8 | ip[1];
+				hl = 2;
+			} else {
+				len = (size_t)(tag >> 2) + 1;
+				off = load_le32(ip + 1);
+				hl = 5;
+			}
+			if (off - 1 >= (size_t)(op - buf) || off > window) /* as in decode_checked */
 				break;
+			if (off >= 16) {
+				/* No 16-byte step reads a byte it writes: one step for most copies. */
+				const uint8_t *src = op - off;
+
+				memcpy(op, src, 16);
+				if (len > 16) {
+					memcpy(op + 16, src + 16, 16);
+					for (size_t i = 32; i < len; i += 16)
+						memcpy(op + i, src + i, 16);
+				}
+			} else {
+				copy_back(op, off, len);
+			}
+			op += len;
 			ip += hl;
-			/* Short literals (most of them) as one fixed 16-byte move; SLACK absorbs the excess. */
-			if (e.len <= 16 && end - ip >= 16)
-				memcpy(op, ip, 16);
-			else
-				memcpy(op, ip, (size_t)e.len);
-			op += e.len;
-			ip += e.len;
-			continue;
 		}
-		/* A copy may reach min(<window>, bytes decoded). Before the first slide buf[0] is the
-		 * first decoded byte; after it at least <window> bytes lie below <op>: op - buf serves. */
-		reach = (size_t)(op - buf) < window ? (size_t)(op - buf) : window;
-		if (e.len > (uint64_t)(limit - op) || e.off - 1 >= reach) /* off 0 wraps to SIZE_MAX */
+		if (end - ip < MAX_HDR || !decode_checked(&ip, &op, end, buf, limit, window))
 			break;
-		copy_back(op, e.off, (size_t)e.len);
-		op += e.len;
-		ip += hl;
 	}
 	f->ip = ip;
 	s->pos = (size_t)(op - buf);

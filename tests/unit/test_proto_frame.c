@@ -56,6 +56,92 @@ static void test_crc32c_matches_check_value_and_reference(void **state)
 	}
 }
 
+/* Deterministic xorshift64 for the CRC tests' data and splits. */
+static uint64_t crc_rand(uint64_t *x)
+{
+	*x ^= *x << 13;
+	*x ^= *x >> 7;
+	*x ^= *x << 17;
+	return *x;
+}
+
+/* Largest length compared: past two blocks of the SSE4.2 code's long 3 x 8 KiB stride. */
+#define CRC_BIG 70000
+
+/*
+ * The SSE4.2 path runs three chains over blocks of 3 x 8 KiB, then 3 x 256 bytes, then one
+ * chain, and joins the chains with shift tables: every length below 2,100 (each block
+ * boundary of the short stride and the tail's) at eight alignments, then every 61st length up
+ * to 70,000 and each length within 16 bytes of the long stride's boundaries at three, all equal
+ * to the portable code; a few big lengths also to the bitwise reference.
+ */
+static void test_crc32c_sse_agrees_with_portable_at_every_length(void **state)
+{
+	static const size_t edges[] = { 768, 24576, 25344, 49152, 49920, 69888 };
+	uint8_t *buf = malloc(CRC_BIG + 8);
+	uint64_t x = 0x9e3779b97f4a7c15u;
+
+	(void)state;
+	assert_non_null(buf);
+	for (size_t i = 0; i < CRC_BIG + 8; i++)
+		buf[i] = (uint8_t)(crc_rand(&x) >> 56);
+	/* The check value, also away from 8-byte alignment. */
+	memcpy(buf + 3, "123456789", 9);
+	assert_int_equal(proto_crc32c(0, buf + 3, 9), 0xE3069283);
+	assert_int_equal(proto_crc32c_portable(0, buf + 3, 9), 0xE3069283);
+	for (size_t i = 0; i < 12; i++)
+		buf[i] = (uint8_t)(crc_rand(&x) >> 56);
+	for (size_t off = 0; off < 8; off++)
+		for (size_t n = 0; n < 2100; n++)
+			assert_int_equal(proto_crc32c(0, buf + off, n), proto_crc32c_portable(0, buf + off, n));
+	for (size_t off = 0; off < 8; off += 3) {
+		for (size_t n = 2100; n <= CRC_BIG; n += 61)
+			assert_int_equal(proto_crc32c(0, buf + off, n), proto_crc32c_portable(0, buf + off, n));
+		for (size_t e = 0; e < sizeof(edges) / sizeof(edges[0]); e++)
+			for (size_t n = edges[e] - 16; n <= edges[e] + 16; n++)
+				assert_int_equal(proto_crc32c(0, buf + off, n), proto_crc32c_portable(0, buf + off, n));
+	}
+	for (size_t e = 0; e < sizeof(edges) / sizeof(edges[0]); e++)
+		assert_int_equal(proto_crc32c(0, buf + 1, edges[e] + 5), crc32c_bitwise(buf + 1, edges[e] + 5));
+	free(buf);
+}
+
+/*
+ * A running CRC continued over pieces equals one call over the whole, however it is cut: small
+ * pieces (tail loop only), pieces around the short and long strides, and mixtures of them.
+ */
+static void test_crc32c_continued_over_random_pieces_equals_one_call(void **state)
+{
+	static const size_t scales[] = { 16, 1000, 30000, CRC_BIG };
+	uint8_t *buf = malloc(CRC_BIG);
+	uint64_t x = 0x243f6a8885a308d3u;
+	uint32_t whole;
+
+	(void)state;
+	assert_non_null(buf);
+	for (size_t i = 0; i < CRC_BIG; i++)
+		buf[i] = (uint8_t)(crc_rand(&x) >> 56);
+	whole = proto_crc32c_portable(0, buf, CRC_BIG);
+	assert_int_equal(proto_crc32c(0, buf, CRC_BIG), whole);
+	for (int round = 0; round < 60; round++) {
+		size_t at = 0;
+		uint32_t c = 0;
+
+		while (at < CRC_BIG) {
+			/* Each piece picks its own scale, so one round mixes tiny and long pieces. */
+			size_t scale = scales[crc_rand(&x) % (size_t)(round % 4 + 1)];
+			size_t n = 1 + (size_t)(crc_rand(&x) % scale);
+
+			if (n > CRC_BIG - at)
+				n = CRC_BIG - at;
+			c = proto_crc32c(c, buf + at, n);
+			at += n;
+		}
+		assert_int_equal(c, whole);
+	}
+	free(buf);
+}
+
 /* Read <n> bytes cut at <cuts> with a fresh reader; copy the counts out; return the status. */
 static int read_pieces(const uint8_t *p, size_t n, const size_t *cuts, size_t ncuts, size_t max_frame,
 		       struct proto_frame_counts *out, size_t *nres, char *err, size_t errlen)
@@ -628,6 +714,8 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c_matches_check_value_and_reference),
+		cmocka_unit_test(test_crc32c_sse_agrees_with_portable_at_every_length),
+		cmocka_unit_test(test_crc32c_continued_over_random_pieces_equals_one_call),
 		cmocka_unit_test(test_counts_real_prometheus_stream),
 		cmocka_unit_test(test_same_counts_at_every_split_point),
 		cmocka_unit_test(test_same_counts_fed_one_byte_at_a_time),

@@ -344,6 +344,144 @@ static void test_same_output_at_every_split_point(void **state)
 	tb_free(&raw);
 }
 
+/* Decode <c> fed in two pieces cut at <cut>; returns the first error (message in <err>). */
+static int decode_cut(const struct tbuf *c, size_t cut, size_t window, struct sink *k, char *err, size_t errlen)
+{
+	struct proto_snappy *s = proto_snappy_new(window, NO_LIMIT);
+	int rc;
+
+	assert_non_null(s);
+	rc = proto_snappy_feed(s, c->data, cut, sink_out, k, err, errlen);
+	if (rc == 0)
+		rc = proto_snappy_feed(s, c->data + cut, c->len - cut, sink_out, k, err, errlen);
+	if (rc == 0)
+		rc = proto_snappy_finish(s, err, errlen);
+	proto_snappy_free(s);
+	return rc;
+}
+
+/* Every cut of <c> decodes to what libsnappy makes of it. */
+static void assert_every_cut_like_libsnappy(const struct tbuf *c)
+{
+	struct tbuf want = tb_unsnappy(c);
+
+	for (size_t cut = 0; cut <= c->len; cut++) {
+		struct sink k = { 0 };
+		char err[256] = "";
+		int rc = decode_cut(c, cut, GO_WINDOW, &k, err, sizeof(err));
+
+		if (rc != 0)
+			fail_msg("cut at %zu of %zu: %d %s", cut, c->len, rc, err);
+		assert_int_equal(k.got.len, want.len);
+		if (want.len)
+			assert_memory_equal(k.got.data, want.data, want.len);
+		tb_free(&k.got);
+	}
+	tb_free(&want);
+}
+
+/*
+ * The hot loop decodes without bounds checks away from both ends of the input and of the output
+ * and hands the rest to checked code: whatever the cut, and so wherever those zones end, every
+ * kind of element (short and long literals, the three copy kinds, overlapping copies of small
+ * offsets) decodes as libsnappy decodes it, and so do bodies small enough to lie wholly near
+ * both ends.
+ */
+static void test_same_output_as_libsnappy_at_every_split_point_of_varied_bodies(void **state)
+{
+	struct tbuf raw[3], comp[5];
+
+	(void)state;
+	raw[0] = make_data(DATA_PROTOBUF, 2564); /* the size of a 10-series SAMPLES response */
+	raw[1] = make_data(DATA_REPETITIVE, 1500);
+	raw[2] = make_data(DATA_RANDOM, 300);
+	comp[0] = tb_snappy(raw[0].data, raw[0].len);
+	comp[1] = tb_snappy(raw[1].data, raw[1].len);
+	comp[2] = tb_snappy(raw[2].data, raw[2].len);
+	comp[3] = encode_windowed(raw[0].data, raw[0].len, 1024, FORM_SHORTEST); /* 1-byte offsets */
+	comp[4] = encode_windowed(raw[1].data, raw[1].len, 2048, FORM_COPY4);
+	for (size_t i = 0; i < 5; i++) {
+		assert_every_cut_like_libsnappy(&comp[i]);
+		tb_free(&comp[i]);
+	}
+	for (size_t i = 0; i < 3; i++)
+		tb_free(&raw[i]);
+	for (size_t n = 1; n <= 120; n++) {
+		struct tbuf small = make_data(n % 2 ? DATA_REPETITIVE : DATA_PROTOBUF, n);
+		struct tbuf c = tb_snappy(small.data, small.len);
+		struct tbuf hand = encode_windowed(small.data, small.len, 64, FORM_SHORTEST);
+
+		assert_every_cut_like_libsnappy(&c);
+		assert_every_cut_like_libsnappy(&hand);
+		tb_free(&hand);
+		tb_free(&c);
+		tb_free(&small);
+	}
+}
+
+/*
+ * A corrupt element gives the same code and the same message (offsets count from the start of
+ * the body) at every cut, whether the hot loop meets it far from both ends or the checked code
+ * near one of them.
+ */
+static void test_same_error_and_message_at_every_split_point(void **state)
+{
+	static const struct {
+		int tag;          /* kind of the bad element (TAG_LITERAL: a literal) */
+		size_t off, len;  /* its offset and length */
+		size_t declared;  /* decoded length in the header */
+		size_t window;
+		int rc;
+		const char *needle;
+	} cases[] = {
+		{ TAG_COPY2, 0, 10, 4000, GO_WINDOW, -EBADMSG, "offset 0" },
+		{ TAG_COPY1, 0, 10, 4000, GO_WINDOW, -EBADMSG, "offset 0" },
+		{ TAG_COPY2, 60000, 10, 4000, GO_WINDOW, -EBADMSG, "before the start" },
+		{ TAG_COPY4, 401, 10, 4000, GO_WINDOW, -EBADMSG, "before the start" },
+		{ TAG_COPY4, 300, 10, 4000, 256, -ERANGE, "window" },
+		{ TAG_COPY2, 100, 20, 410, GO_WINDOW, -EBADMSG, "runs past the declared length" },
+		{ TAG_LITERAL, 0, 700, 1000, GO_WINDOW, -EBADMSG, "runs past the declared length" },
+	};
+	struct tbuf data = make_data(DATA_RANDOM, 1000);
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		for (int tail = 0; tail < 2; tail++) {
+			struct tbuf c = { 0 };
+			struct sink k0 = { 0 };
+			char want[256] = "";
+			int rc0;
+
+			/* 200 literal bytes and 200 copied, then the bad element, then (or not) 150 more. */
+			tb_varint(&c, cases[i].declared);
+			put_literal(&c, data.data, 200, 0);
+			for (int j = 0; j < 4; j++)
+				put_copy_tag(&c, 100, 50, TAG_COPY2);
+			if (cases[i].tag == TAG_LITERAL)
+				put_literal(&c, data.data, cases[i].len, 0);
+			else
+				put_copy_tag(&c, cases[i].off, cases[i].len, cases[i].tag);
+			if (tail)
+				put_literal(&c, data.data + 200, 150, 0);
+			rc0 = decode_cut(&c, c.len, cases[i].window, &k0, want, sizeof(want));
+			assert_int_equal(rc0, cases[i].rc);
+			if (!strstr(want, cases[i].needle))
+				fail_msg("case %zu: \"%s\" does not say \"%s\"", i, want, cases[i].needle);
+			tb_free(&k0.got);
+			for (size_t cut = 0; cut <= c.len; cut++) {
+				struct sink k = { 0 };
+				char err[256] = "";
+
+				assert_int_equal(decode_cut(&c, cut, cases[i].window, &k, err, sizeof(err)), rc0);
+				assert_string_equal(err, want);
+				tb_free(&k.got);
+			}
+			tb_free(&c);
+		}
+	}
+	tb_free(&data);
+}
+
 static void test_same_output_at_every_pair_of_split_points(void **state)
 {
 	struct tbuf raw = make_data(DATA_REPETITIVE, 400);
@@ -854,6 +992,8 @@ int main(void)
 		cmocka_unit_test(test_round_trips_libsnappy_output_of_every_size_and_kind),
 		cmocka_unit_test(test_decodes_captured_prometheus_response),
 		cmocka_unit_test(test_same_output_at_every_split_point),
+		cmocka_unit_test(test_same_output_as_libsnappy_at_every_split_point_of_varied_bodies),
+		cmocka_unit_test(test_same_error_and_message_at_every_split_point),
 		cmocka_unit_test(test_same_output_at_every_pair_of_split_points),
 		cmocka_unit_test(test_same_output_fed_one_byte_at_a_time),
 		cmocka_unit_test(test_libsnappy_keeps_back_references_within_64k_blocks),
