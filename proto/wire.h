@@ -1,11 +1,13 @@
 /*
  * proto_wire: incremental protobuf wire-format walker shared by proto_scan and proto_frame.
  *
- * Bytes arrive in pieces split at arbitrary offsets. The walker never buffers a field: varints
- * (keys, lengths, values) are accumulated one byte at a time in a fixed-size state, and field
- * contents are either skipped by counting down, handed to the caller piece by piece, or walked
- * as a nested message. A consumer supplies one callback that sees each field once its header is
- * complete and decides what to do with it.
+ * Bytes arrive in pieces split at arbitrary offsets. The walker never buffers a field: a header
+ * that lies in one piece is decoded in place, one that straddles pieces is accumulated a byte at
+ * a time in a fixed-size state, and field contents are either skipped, handed to the caller (in
+ * place, or piece by piece), or walked as a nested message. A consumer supplies one callback
+ * that sees each field once its header is complete and decides what to do with it. The fields
+ * and verdicts do not depend on the split; the pieces given to on_bytes do, and so do
+ * proto_walk_field.data and the runs of PROTO_WALK_SKIP_RUN.
  *
  * The walker struct is public so that it can be embedded without an allocation; treat its
  * members as private.
@@ -59,6 +61,8 @@ enum proto_walk_action {
 	PROTO_WALK_SKIP = 0,    /* skip the value (for LEN fields: count the bytes down) */
 	PROTO_WALK_DESCEND = 1, /* LEN only: walk the contents as a nested message */
 	PROTO_WALK_BYTES = 2,   /* LEN only: deliver the contents through on_bytes */
+	PROTO_WALK_SKIP_RUN = 3, /* LEN only: SKIP, and the walker may skip the fields right after it
+				  * with the same key without asking, reporting them through on_run */
 };
 
 /* A field whose header (key, plus the value for VARINT or the length for LEN) is complete. */
@@ -68,6 +72,9 @@ struct proto_walk_field {
 	enum proto_wire_type type;
 	uint64_t value;      /* VARINT: the value; LEN: the content length; else 0 */
 	uint64_t offset;     /* stream offset of the field's key */
+	/* LEN: (ref) its contents, when all of them are in the piece being fed, for on_field to read in
+	 * place (valid during that call); else NULL. Whether it is set depends on the split. */
+	const uint8_t *data;
 };
 
 struct proto_walk_ops {
@@ -80,6 +87,15 @@ struct proto_walk_ops {
 	void (*on_bytes)(void *ctx, const struct proto_walk_field *f, const uint8_t *data, size_t len);
 	/* Optional. The end of a field that on_field answered DESCEND or BYTES. */
 	int (*on_end)(void *ctx, const struct proto_walk_field *f, char *err, size_t errlen);
+	/*
+	 * Optional. <n> >= 1 fields that directly followed field <f> (answered SKIP_RUN) in the same
+	 * message, with its number and wire type, were skipped without on_field. A consumer answers
+	 * SKIP_RUN only where on_field would answer SKIP_RUN for each such field too, and on_run must
+	 * do what those <n> on_field calls would have done. The walker runs only through valid fields
+	 * that lie in the piece being fed; which fields come this way depends on the split, but each
+	 * field is reported exactly once, by on_field or by on_run. Without on_run, SKIP_RUN is SKIP.
+	 */
+	void (*on_run)(void *ctx, const struct proto_walk_field *f, uint64_t n);
 };
 
 /* One open message or BYTES field on the walker's stack. */
@@ -160,9 +176,10 @@ typedef void (*proto_series_fn)(void *ctx, size_t query_index, const struct prot
 
 /*
  * Series label collector shared by proto_scan and proto_frame: takes the bytes of each Label
- * message of the series being walked, as the caller's walker delivers them, decodes them with a
- * walker of its own, copies names and values into one buffer of PROTO_SERIES_LABELS_MAX bytes,
- * and reports the series through a proto_series_fn.
+ * message of the series being walked, as the caller's walker delivers them, decodes them (in
+ * place when a Label arrives in one piece, with a walker of its own when it is split), copies
+ * names and values into one buffer of PROTO_SERIES_LABELS_MAX bytes, and reports the series
+ * through a proto_series_fn.
  *
  * The buffer is a batch of series, each a record followed by its label descriptors, packed from
  * the front, with the strings packed from the back. What a series "costs" is therefore its names
@@ -183,8 +200,10 @@ struct proto_series_labels {
 	size_t cur;              /* arena offset of the open series' record; SIZE_MAX: none or no room */
 	size_t cur_back;         /* <back> when the open series began, to give its strings back */
 	int cur_lost;            /* the open series found no room for a record and is one of <lost> */
-	int in_label;            /* <label_walk> is decoding a Label of the open series */
-	struct proto_walk label_walk; /* walker over that Label's bytes */
+	int in_label;            /* a Label of the open series is being collected */
+	int label_walking;       /* ... in pieces, by <label_walk> (else none of it has arrived yet) */
+	uint64_t label_len;      /* that Label's announced length */
+	struct proto_walk label_walk; /* walker over a Label whose bytes arrive in pieces (set up lazily) */
 	char *fill;              /* where the next bytes of the open name or value go; NULL: none */
 	uint64_t lost;           /* series of the batch that found no room even for a record */
 	uint64_t skipped;        /* series reported without their labels, since init */
@@ -210,6 +229,7 @@ void proto_series_labels_reset(struct proto_series_labels *ls);
  */
 int proto_series_labels_begin__(struct proto_series_labels *ls, char *err, size_t errlen);
 int proto_series_labels_label__(struct proto_series_labels *ls, uint64_t len);
+void proto_series_labels_whole__(struct proto_series_labels *ls, const uint8_t *data, size_t len);
 void proto_series_labels_bytes__(struct proto_series_labels *ls, const uint8_t *data, size_t len);
 void proto_series_labels_label_end__(struct proto_series_labels *ls);
 void proto_series_labels_end__(struct proto_series_labels *ls, int keep);
@@ -232,6 +252,16 @@ static inline int proto_series_labels_begin(struct proto_series_labels *ls, char
 static inline int proto_series_labels_label(struct proto_series_labels *ls, uint64_t len)
 {
 	return ls->fn ? proto_series_labels_label__(ls, len) : 0;
+}
+
+/*
+ * A Label message of <len> bytes, all of them at <data>: proto_series_labels_label, _bytes and
+ * _label_end in one call (for a walker that has them in place, see proto_walk_field.data).
+ */
+static inline void proto_series_labels_whole(struct proto_series_labels *ls, const uint8_t *data, size_t len)
+{
+	if (ls->fn)
+		proto_series_labels_whole__(ls, data, len);
 }
 
 /* The next <len> bytes of the Label being collected (any split); ignored when there is none. */

@@ -487,6 +487,162 @@ static void test_series_cb_undecodable_label_loses_the_labels_not_the_scan(void 
 	tb_free(&resp);
 }
 
+/*
+ * Scan <resp> whole, cut in two at every offset, and byte by byte, with a series callback; each
+ * must give <want> and <want_skipped>. Labels then arrive whole (decoded in place), in one
+ * on_bytes piece, or in pieces (decoded by the label walker).
+ */
+static void expect_labels_however_split(const struct tbuf *resp, const char *want, uint64_t want_skipped)
+{
+	size_t *ones = malloc(resp->len * sizeof(*ones));
+	uint64_t skipped;
+
+	assert_non_null(ones);
+	for (size_t cut = 0; cut <= resp->len; cut++) {
+		struct tbuf got = { 0 };
+
+		assert_int_equal(scan_labels(resp->data, resp->len, &cut, 1, &got, &skipped), 0);
+		tb_assert_transcript(&got, want);
+		assert_int_equal(skipped, want_skipped);
+		tb_free(&got);
+	}
+	for (size_t i = 0; i + 1 < resp->len; i++)
+		ones[i] = i + 1;
+	{
+		struct tbuf got = { 0 };
+
+		assert_int_equal(scan_labels(resp->data, resp->len, ones, resp->len - 1, &got, &skipped), 0);
+		tb_assert_transcript(&got, want);
+		assert_int_equal(skipped, want_skipped);
+		tb_free(&got);
+	}
+	free(ones);
+}
+
+static void test_series_cb_label_semantics_do_not_depend_on_the_split(void **state)
+{
+	/* Each in a series of its own: valid ones in every shape, then invalid ones (labels lost). */
+	/* A Label's bytes as a string literal, without the terminating NUL. */
+#define LABEL(s) { s, sizeof(s) - 1 }
+	static const struct {
+		const char *bytes;
+		size_t len;
+	} labels[] = {
+		LABEL("\x0a\x01n\x12\x01v"),            /* the usual shape */
+		LABEL("\x0a\x01" "a\x0a\x02" "bb\x12\x01v"), /* repeated name: the last wins */
+		LABEL("\x12\x01v\x0a\x01n\x12\x02ww"),  /* value first, then a repeated value */
+		LABEL("\x18\x07\x0a\x01n\x12\x01v"),    /* unknown varint first */
+		LABEL("\x0a\x01n\x21\x01\x02\x03\x04\x05\x06\x07\x08\x2d\x01\x02\x03\x04\x12\x01v"), /* fixed64, fixed32 */
+		LABEL("\x0a\x01n\x22\x02zz\x12\x01v"),  /* unknown LEN */
+		LABEL("\x0a\x01n\xf8\xff\xff\xff\x0f\x01\x12\x01v"), /* largest field number */
+		LABEL("\x0a\x01n\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x12\x01v"), /* ten-byte varint */
+		LABEL("\x0a\x81\x00n\x12\x01v"),        /* length padded to two bytes */
+		LABEL("\x8a\x00\x01n\x12\x01v"),        /* key padded to two bytes */
+		LABEL("\x0a\x00\x12\x00"),              /* empty name and value */
+		LABEL("\x0a\x01n\x12\x01"),             /* value runs past the Label */
+		LABEL("\x0a\x01n\x0b"),                 /* wire type 3 */
+		LABEL("\x0a\x01n\x0f\x00"),             /* wire type 7 */
+		LABEL("\x02\x00\x0a\x01n"),             /* field number 0 */
+		LABEL("\x0a\x01n\x80\x80\x80\x80\x10\x00"), /* field number 2^29 */
+		LABEL("\x0a\x01n\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01"), /* eleven-byte varint */
+		LABEL("\x0a\x01n\x18\xff\xff\xff\xff\xff\xff\xff\xff\xff\x02"), /* ten bytes, above 64 bits */
+		LABEL("\x0a\x01n\x21\x01\x02"),         /* fixed64 past the end */
+		LABEL("\x0a\x01n\x18\x80"),             /* ends inside a varint */
+		LABEL("\x0a\x01n\x80"),                 /* ends inside a key */
+	};
+#undef LABEL
+	struct tbuf resp = { 0 }, qr = { 0 }, ts = { 0 }, l = { 0 };
+	uint8_t name[200];
+
+	(void)state;
+	for (size_t i = 0; i < sizeof(labels) / sizeof(labels[0]); i++) {
+		tb_lfield(&ts, 1, labels[i].bytes, labels[i].len);
+		tb_lfield(&ts, 2, "\x10\x01", 2);
+		tb_msg(&qr, 1, &ts);
+	}
+	/* A name of 200 bytes (two-byte lengths); a corrupt Label loses a series its good ones too. */
+	memset(name, 'x', sizeof(name));
+	tb_lfield(&l, 1, name, sizeof(name));
+	tb_str(&l, 2, "v");
+	tb_msg(&ts, 1, &l);
+	tb_msg(&qr, 1, &ts);
+	tb_label(&ts, 1, "n", "v");
+	tb_lfield(&ts, 1, "\x0b", 1);
+	tb_label(&ts, 1, "m", "w");
+	tb_msg(&qr, 1, &ts);
+	tb_msg(&resp, 1, &qr);
+	{
+		struct tbuf want = { 0 };
+
+		put_text(&want, "q0{n=v}\nq0{bb=v}\nq0{n=ww}\nq0{n=v}\nq0{n=v}\nq0{n=v}\nq0{n=v}\nq0{n=v}\n"
+				"q0{n=v}\nq0{n=v}\nq0{=}\n");
+		for (int i = 0; i < 10; i++)
+			put_text(&want, "q0{}\n");
+		put_text(&want, "q0{");
+		tb_put(&want, name, sizeof(name));
+		put_text(&want, "=v}\nq0{}\n");
+		tb_byte(&want, '\0');
+		expect_labels_however_split(&resp, (const char *)want.data, 11);
+		tb_free(&want);
+	}
+	tb_free(&resp);
+}
+
+/* Append a TimeSeries of <k> labels {a=<100 x 'v'>} and a last one {b=<last> x 'w'}. */
+static void put_filled_series(struct tbuf *qr, int k, size_t last)
+{
+	struct tbuf ts = { 0 };
+	char v[101], w[128];
+
+	assert_true(last < sizeof(w));
+	memset(v, 'v', 100);
+	v[100] = '\0';
+	memset(w, 'w', last);
+	w[last] = '\0';
+	for (int i = 0; i < k; i++)
+		tb_label(&ts, 1, "a", v);
+	tb_label(&ts, 1, "b", w);
+	tb_msg(qr, 1, &ts);
+}
+
+static void test_series_cb_label_buffer_boundary_does_not_depend_on_the_split(void **state)
+{
+	/*
+	 * A series costs a record (two size_t), one descriptor per label and its strings: 122 labels
+	 * of 101 bytes of strings leave room for a last value of <fits> bytes, a short one, so that
+	 * Labels fed whole take the in-place path and the others the label walker.
+	 */
+	const int k = 122;
+	const size_t fits = PROTO_SERIES_LABELS_MAX - 2 * sizeof(size_t) - (size_t)(k + 1) * sizeof(struct proto_label) -
+			    (size_t)k * 101 - 1;
+
+	(void)state;
+	assert_true(fits < 127);
+	for (size_t last = fits; last <= fits + 1; last++) {
+		struct tbuf resp = { 0 }, qr = { 0 }, want = { 0 };
+
+		put_filled_series(&qr, k, last);
+		tb_msg(&resp, 1, &qr);
+		put_text(&want, "q0{");
+		for (int i = 0; last == fits && i < k; i++) {
+			put_text(&want, "a=");
+			for (int j = 0; j < 100; j++)
+				tb_byte(&want, 'v');
+			tb_byte(&want, ',');
+		}
+		if (last == fits) {
+			put_text(&want, "b=");
+			for (size_t j = 0; j < last; j++)
+				tb_byte(&want, 'w');
+		}
+		put_text(&want, "}\n");
+		tb_byte(&want, '\0');
+		expect_labels_however_split(&resp, (const char *)want.data, last == fits ? 0 : 1);
+		tb_free(&want);
+		tb_free(&resp);
+	}
+}
+
 static void test_without_series_cb_nothing_is_reported_or_skipped(void **state)
 {
 	struct tbuf resp = { 0 }, qr = { 0 };
@@ -531,6 +687,8 @@ int main(void)
 		cmocka_unit_test(test_series_cb_skips_and_counts_oversized_label_sets),
 		cmocka_unit_test(test_series_cb_many_small_labels_count_against_the_buffer),
 		cmocka_unit_test(test_series_cb_undecodable_label_loses_the_labels_not_the_scan),
+		cmocka_unit_test(test_series_cb_label_semantics_do_not_depend_on_the_split),
+		cmocka_unit_test(test_series_cb_label_buffer_boundary_does_not_depend_on_the_split),
 		cmocka_unit_test(test_without_series_cb_nothing_is_reported_or_skipped),
 	};
 
