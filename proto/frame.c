@@ -311,6 +311,14 @@ static int frame_on_field(void *ctx, const struct proto_walk_field *f, char *err
 		}
 		return PROTO_WALK_SKIP;
 	}
+	if (f->number == SERIES_CHUNKS) {
+		if ((rc = want_type(f, PROTO_WT_LEN, "ChunkedSeries.chunks", err, errlen)) < 0)
+			return rc;
+		r->tally.chunks++;
+		/* The chunks after it are counted the same way: the walker may run through them
+		 * (frame_on_run) instead of asking about each. */
+		return PROTO_WALK_SKIP_RUN;
+	}
 	if (f->number == SERIES_LABELS) {
 		uint64_t len = f->value;
 
@@ -318,15 +326,26 @@ static int frame_on_field(void *ctx, const struct proto_walk_field *f, char *err
 			return rc;
 		/* Hash each label's length before its bytes so label boundaries count. */
 		XXH3_64bits_update(r->hash, &len, sizeof(len));
+		if (f->data) {
+			/* The whole Label is in this piece: the same hash input and collector result as
+			 * BYTES would give, without its on_bytes and on_end. */
+			XXH3_64bits_update(r->hash, f->data, (size_t)len);
+			proto_series_labels_whole(&r->labels, f->data, (size_t)len);
+			return PROTO_WALK_SKIP;
+		}
 		proto_series_labels_label(&r->labels, len);
 		return PROTO_WALK_BYTES;
 	}
-	if (f->number == SERIES_CHUNKS) {
-		if ((rc = want_type(f, PROTO_WT_LEN, "ChunkedSeries.chunks", err, errlen)) < 0)
-			return rc;
-		r->tally.chunks++;
-	}
 	return PROTO_WALK_SKIP;
+}
+
+/* Walker callback: <n> more chunks right after <f>, skipped by the walker (see frame_on_field). */
+static void frame_on_run(void *ctx, const struct proto_walk_field *f, uint64_t n)
+{
+	struct proto_frame_reader *r = ctx;
+
+	(void)f;
+	r->tally.chunks += n;
 }
 
 /* Walker callback: label bytes go into the series hash (and to the collector, if it wants them). */
@@ -373,6 +392,7 @@ static const struct proto_walk_ops frame_ops = {
 	.on_field = frame_on_field,
 	.on_bytes = frame_on_bytes,
 	.on_end = frame_on_end,
+	.on_run = frame_on_run,
 };
 
 /* ---- framing ---------------------------------------------------------------------------- */

@@ -295,9 +295,11 @@ static inline int value_whole(const uint8_t **p, const uint8_t *end, uint64_t *o
 
 /*
  * After a SKIP_RUN answer: skip the fields at *<at> that repeat the one-byte key <kb> of the field
- * just skipped and have a one-byte length, as long as they lie in the piece (up to <end>) and in
- * the enclosing message (up to <stop>); advance *<at> and *<pos> past them and return how many.
- * Those are fields the state machine would accept and ask about; anything else ends the run.
+ * just skipped and have a one- or two-byte length, as long as they lie in the piece (up to <end>)
+ * and in the enclosing message (up to <stop>); advance *<at> and *<pos> past them and return how
+ * many. Those are fields the state machine would accept and ask about; anything else ends the
+ * run. Two-byte lengths matter for streams: an XOR chunk of 120 samples is 150-250 bytes, and a
+ * callback per chunk was 5% of the relay's CPU on a 1 GiB stream.
  */
 static inline uint64_t skip_run(const uint8_t **at, const uint8_t *end, uint64_t *pos, uint64_t stop, uint8_t kb)
 {
@@ -307,8 +309,18 @@ static inline uint64_t skip_run(const uint8_t **at, const uint8_t *end, uint64_t
 	const uint8_t *last = a + left;
 	uint64_t n = 0;
 
-	while (last - a >= 2 && a[0] == kb && a[1] < 0x80 && (ptrdiff_t)a[1] + 2 <= last - a) {
-		a += 2 + a[1];
+	while (last - a >= 2 && a[0] == kb) {
+		ptrdiff_t field; /* key, length and contents */
+
+		if (a[1] < 0x80)
+			field = 2 + (ptrdiff_t)a[1];
+		else if (last - a >= 3 && a[2] < 0x80)
+			field = 3 + (ptrdiff_t)((a[1] & 0x7f) | (unsigned)a[2] << 7);
+		else
+			break;
+		if (field > last - a)
+			break;
+		a += field;
 		n++;
 	}
 	*pos += (uint64_t)(a - *at);

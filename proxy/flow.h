@@ -71,7 +71,7 @@ int proxy_flow_explain(struct proxy_flow *f, const char *query_string, struct ev
  * /api/v1/status. */
 void proxy_flow_write_queue(const struct proxy_flow *f, struct evbuffer *out);
 
-/* Copy the estimator's memory, entry and eviction figures into their gauges (before a scrape). */
+/* Copy the estimator's and the deferral queue's figures into their metrics (before a scrape). */
 void proxy_flow_refresh_metrics(struct proxy_flow *f);
 
 /* The most rejected selectors (up to 10) as a JSON array, for /api/v1/status. */

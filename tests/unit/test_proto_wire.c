@@ -32,6 +32,7 @@ struct rec {
 	struct tbuf log;          /* the transcript, NUL-free text */
 	uint64_t bytes_of;        /* offset of the field whose bytes the last line holds; UINT64_MAX: none */
 	uint64_t runs;            /* RUN_FIELD fields at depth 1, by on_field or on_run */
+	uint64_t run_asks;        /* ... of them asked about (answered SKIP_RUN) */
 	uint64_t in_place;        /* fields handed over with data set */
 };
 
@@ -64,6 +65,7 @@ static int rec_on_field(void *ctx, const struct proto_walk_field *f, char *err, 
 	}
 	if (r->o->runs && f->depth == 1 && f->number == RUN_FIELD && f->type == PROTO_WT_LEN) {
 		r->runs++;
+		r->run_asks++;
 		return PROTO_WALK_SKIP_RUN;
 	}
 	if (f->depth == 1 && f->number == RUN_FIELD && f->type == PROTO_WT_LEN)
@@ -134,6 +136,7 @@ static const struct proto_walk_ops rec_ops_without_runs = {
 struct outcome {
 	struct tbuf log; /* transcript, then the verdict line */
 	uint64_t runs;
+	uint64_t run_asks;
 	uint64_t in_place;
 };
 
@@ -160,6 +163,7 @@ static struct outcome walk_pieces(const uint8_t *p, size_t n, const size_t *cuts
 	rec_printf(&r, "\n= %d \"%s\" at %" PRIu64 "\n", rc, rc ? err : "", proto_walk_offset(&w));
 	out.log = r.log;
 	out.runs = r.runs;
+	out.run_asks = r.run_asks;
 	out.in_place = r.in_place;
 	return out;
 }
@@ -339,6 +343,50 @@ static void test_skip_run_stops_at_a_corrupt_field_with_the_same_count(void **st
 	tb_free(&msg);
 }
 
+/*
+ * Runs go through two-byte lengths too (stream chunks are 150-250 bytes), a padded one included,
+ * and stop at a three-byte length, which is asked about and starts a new run. A two-byte length
+ * running past the parent ends the run where the state machine fails, with the same count.
+ */
+static void test_skip_run_takes_two_byte_lengths_however_split(void **state)
+{
+	struct tbuf body = { 0 }, msg = { 0 }, bad = { 0 };
+	struct rec_opts runs = { .limit = UINT64_MAX, .runs = 1 };
+	static uint8_t big[16384];
+	struct outcome ref, whole;
+
+	(void)state;
+	memset(big, 'c', sizeof(big));
+	for (int i = 0; i < 6; i++)
+		tb_lfield(&body, RUN_FIELD, big, 200);
+	tb_put(&body, "\x32\x85\x00" "abcde", 8); /* field 6 LEN, length 5 padded to two bytes */
+	tb_lfield(&body, RUN_FIELD, big, 127);
+	tb_lfield(&body, RUN_FIELD, big, 128);
+	tb_lfield(&body, RUN_FIELD, big, 16384); /* three-byte length: asked about */
+	tb_lfield(&body, RUN_FIELD, big, 300);
+	tb_lfield(&body, RUN_FIELD, big, 1);
+	tb_msg(&msg, 1, &body);
+	ref = check_all_splits(msg.data, msg.len, &runs);
+	assert_int_equal(ref.runs, 12);
+	whole = walk_pieces(msg.data, msg.len, NULL, 0, &runs);
+	assert_int_equal(whole.runs, 12);
+	assert_int_equal(whole.run_asks, 2); /* the first field, and the one with a 3-byte length */
+	tb_free(&whole.log);
+	tb_free(&ref.log);
+
+	for (int i = 0; i < 3; i++)
+		tb_lfield(&bad, RUN_FIELD, big, 200);
+	tb_put(&bad, "\x32\xc8\x01" "ab", 5); /* declares 200 bytes with 2 left */
+	tb_free(&msg);
+	tb_msg(&msg, 1, &bad);
+	ref = check_all_splits(msg.data, msg.len, &runs);
+	assert_int_equal(ref.runs, 3);
+	tb_free(&ref.log);
+	tb_free(&body);
+	tb_free(&bad);
+	tb_free(&msg);
+}
+
 static void test_every_truncation_fails_the_same_however_split(void **state)
 {
 	struct tbuf msg = rich_message();
@@ -497,6 +545,7 @@ int main(void)
 		cmocka_unit_test(test_valid_message_walks_the_same_however_split),
 		cmocka_unit_test(test_skip_run_counts_every_field_once_however_split),
 		cmocka_unit_test(test_skip_run_stops_at_a_corrupt_field_with_the_same_count),
+		cmocka_unit_test(test_skip_run_takes_two_byte_lengths_however_split),
 		cmocka_unit_test(test_every_truncation_fails_the_same_however_split),
 		cmocka_unit_test(test_rejects_field_number_zero_however_split),
 		cmocka_unit_test(test_rejects_groups_and_reserved_wire_types_however_split),
