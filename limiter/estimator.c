@@ -1739,7 +1739,13 @@ void est_learn_series(struct est *e, const char *tenant, const struct proto_labe
 void est_learn_query(struct est *e, const char *tenant, const struct proto_query *q, uint64_t series,
 		     uint64_t samples, uint64_t bytes)
 {
-	struct est_recall *r = recall_get(e, est_fingerprint(tenant ? tenant : "", q));
+	est_learn_query_fp(e, tenant, q, est_fingerprint(tenant ? tenant : "", q), series, samples, bytes);
+}
+
+void est_learn_query_fp(struct est *e, const char *tenant, const struct proto_query *q, uint64_t fp,
+			uint64_t series, uint64_t samples, uint64_t bytes)
+{
+	struct est_recall *r = recall_get(e, fp);
 	struct est_prepared p;
 
 	if (r) {

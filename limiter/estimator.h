@@ -92,6 +92,13 @@ void est_learn_series(struct est *e, const char *tenant, const struct proto_labe
 void est_learn_query(struct est *e, const char *tenant, const struct proto_query *q, uint64_t series,
 		     uint64_t samples, uint64_t bytes);
 
+/*
+ * est_learn_query with <fp> = est_fingerprint(<tenant>, <q>) already known (the fingerprint
+ * est_estimate() put in its result): sorting and hashing the matchers again was half the call.
+ */
+void est_learn_query_fp(struct est *e, const char *tenant, const struct proto_query *q, uint64_t fp,
+			uint64_t series, uint64_t samples, uint64_t bytes);
+
 /* Learn a probe's answer for <q>: <series> (a lower bound when <truncated>). Source PROBE. */
 void est_learn_probe(struct est *e, const char *tenant, const struct proto_query *q, uint64_t series,
 		     int truncated);

@@ -669,7 +669,7 @@ static void learn_actual(struct flow_req *fr, size_t qi, uint64_t series, uint64
 {
 	struct flow_query *fq = &fr->qs[qi];
 
-	est_learn_query(fr->f->est, fr->tenant, fq->q, series, samples, bytes);
+	est_learn_query_fp(fr->f->est, fr->tenant, fq->q, fq->est.fingerprint, series, samples, bytes);
 	if (fq->est.series > 0)
 		metrics_observe(METRICS_ESTIMATE_ERROR_RATIO, (double)series / (double)fq->est.series);
 	fr->f->stats.response_series += series;

@@ -49,7 +49,8 @@ struct proxy_upstream_req {
 	struct up_conn *conn;            /* (ref) NULL while waiting for a connection */
 	struct proxy_upstream_cbs cbs;
 	void *arg;
-	struct evbuffer *head;           /* formatted request head, kept for a retry */
+	char *head;                      /* formatted request head, kept for a retry */
+	size_t head_len;
 	const void *body;                /* (ref) owned by the caller */
 	size_t len;
 	struct event *timer;             /* upstream.timeout */
@@ -112,8 +113,7 @@ static void req_free(struct proxy_upstream_req *r)
 {
 	if (r->timer)
 		event_free(r->timer);
-	if (r->head)
-		evbuffer_free(r->head);
+	free(r->head);
 	free(r);
 }
 
@@ -219,7 +219,7 @@ static void conn_start(struct up_conn *c, struct proxy_upstream_req *r)
 	http_msg_clear(&c->head);
 	/* copies, not references: r->head is kept for a retry, and the body must not be needed once
 	 * the response is complete (a store may answer before reading all of the request) */
-	evbuffer_add(stage, evbuffer_pullup(r->head, -1), evbuffer_get_length(r->head));
+	evbuffer_add(stage, r->head, r->head_len);
 	evbuffer_add(stage, r->body, r->len);
 	if (evbuffer_get_length(out) == 0)
 		(void)evbuffer_write(stage, bufferevent_getfd(c->bev)); /* errors: the bufferevent finds them */
@@ -636,27 +636,34 @@ void proxy_upstream_free(struct proxy_upstream *up)
 	free(up);
 }
 
-static void add_str(struct evbuffer *b, const char *s)
+/*
+ * Request head building: measured first (head_size), then copied into one allocation
+ * (head_put). No printf and no evbuffer per request: building the head through an evbuffer,
+ * one reservation per header, was ~1,700 instructions of every request.
+ */
+static size_t head_size(const char *method, const char *target, const char *host,
+			const struct proxy_upstream_msg *msg)
 {
-	evbuffer_add(b, s, strlen(s));
+	size_t n = strlen(method) + 1 + strlen(target) + sizeof(" HTTP/1.1\r\n") - 1;
+
+	n += sizeof("Host: \r\n") - 1 + strlen(host);
+	for (size_t i = 0; i < msg->n_hdrs; i++)
+		n += strlen(msg->hdrs[i].name) + strlen(msg->hdrs[i].value) + 4;
+	return n + sizeof("Content-Length: 18446744073709551615\r\n\r\n") - 1;
 }
 
-/* "Name: value\r\n" in one reservation. */
-static void add_header(struct evbuffer *b, const char *name, const char *value)
+static char *head_put(char *at, const char *s, size_t len)
 {
-	struct evbuffer_iovec v;
-	size_t nl = strlen(name), vl = strlen(value);
+	memcpy(at, s, len);
+	return at + len;
+}
 
-	if (evbuffer_reserve_space(b, (ev_ssize_t)(nl + vl + 4), &v, 1) != 1 || v.iov_len < nl + vl + 4) {
-		evbuffer_add_printf(b, "%s: %s\r\n", name, value);
-		return;
-	}
-	memcpy(v.iov_base, name, nl);
-	memcpy((char *)v.iov_base + nl, ": ", 2);
-	memcpy((char *)v.iov_base + nl + 2, value, vl);
-	memcpy((char *)v.iov_base + nl + 2 + vl, "\r\n", 2);
-	v.iov_len = nl + vl + 4;
-	evbuffer_commit_space(b, &v, 1);
+static char *head_header(char *at, const char *name, const char *value)
+{
+	at = head_put(at, name, strlen(name));
+	at = head_put(at, ": ", 2);
+	at = head_put(at, value, strlen(value));
+	return head_put(at, "\r\n", 2);
 }
 
 struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const struct proxy_upstream_msg *msg,
@@ -664,7 +671,9 @@ struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const 
 {
 	struct proxy_upstream_req *r = calloc(1, sizeof(*r));
 	const char *method = msg->method ? msg->method : "POST";
+	const char *target = msg->target ? msg->target : up->path;
 	int64_t ms = msg->timeout_ms > 0 ? msg->timeout_ms : up->timeout_ms;
+	char *at;
 	struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
 
 	if (!r)
@@ -675,21 +684,20 @@ struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const 
 	r->body = msg->body;
 	r->len = msg->len;
 	r->timeout_ms = ms;
-	r->head = evbuffer_new();
+	r->head = malloc(head_size(method, target, up->host_hdr, msg));
 	r->timer = evtimer_new(up->base, timeout_cb, r);
 	if (!r->head || !r->timer) {
 		req_free(r);
 		return NULL;
 	}
-	/* no printf: a request head is built for every request */
-	add_str(r->head, method);
-	evbuffer_add_lit(r->head, " ");
-	add_str(r->head, msg->target ? msg->target : up->path);
-	evbuffer_add_lit(r->head, " HTTP/1.1\r\n");
-	add_header(r->head, "Host", up->host_hdr);
+	at = head_put(r->head, method, strlen(method));
+	at = head_put(at, " ", 1);
+	at = head_put(at, target, strlen(target));
+	at = head_put(at, " HTTP/1.1\r\n", sizeof(" HTTP/1.1\r\n") - 1);
+	at = head_header(at, "Host", up->host_hdr);
 	for (size_t i = 0; i < msg->n_hdrs; i++)
 		if (http_value_ok(msg->hdrs[i].name) && http_value_ok(msg->hdrs[i].value))
-			add_header(r->head, msg->hdrs[i].name, msg->hdrs[i].value);
+			at = head_header(at, msg->hdrs[i].name, msg->hdrs[i].value);
 	if (msg->len || strcmp(method, "POST") == 0) {
 		char len[24], *p = len + sizeof(len) - 1;
 		size_t v = msg->len;
@@ -698,9 +706,10 @@ struct proxy_upstream_req *proxy_upstream_send(struct proxy_upstream *up, const 
 		do
 			*--p = (char)('0' + v % 10);
 		while ((v /= 10) != 0);
-		add_header(r->head, "Content-Length", p);
+		at = head_header(at, "Content-Length", p);
 	}
-	evbuffer_add(r->head, "\r\n", 2);
+	at = head_put(at, "\r\n", 2);
+	r->head_len = (size_t)(at - r->head);
 	evtimer_add(r->timer, &tv);
 	/* always through the queue, so no callback can run inside this call */
 	TAILQ_INSERT_TAIL(&up->waitq, r, link);

@@ -161,6 +161,13 @@ static void test_recall_returns_exact_figures_after_learn(void **state)
 	/* Another tenant knows nothing of it. */
 	est_estimate(e, "t2", &t.q, &r);
 	assert_int_equal(r.source, EST_SOURCE_DEFAULT);
+	/* Learning with the fingerprint from the estimate (the request path's way) is the same. */
+	est_learn_query_fp(e, "t2", &t.q, r.fingerprint, 55, 66, 77);
+	est_estimate(e, "t2", &t.q, &r);
+	assert_int_equal(r.source, EST_SOURCE_RECALL);
+	assert_int_equal(r.series, 55);
+	est_estimate(e, "t1", &t.q, &r);
+	assert_int_equal(r.series, 1234);
 	est_free(e);
 }
 
