@@ -14,6 +14,8 @@
 /* Allocator for decoding (issue #4 backs it with the buffer pool). NULL means malloc/free. */
 struct proto_alloc {
 	void *(*alloc)(void *ctx, size_t size); /* NULL on failure */
+	/* NULL: <ctx> is a region its owner releases whole, so nothing is freed piece by piece
+	 * (proto_request_free then only forgets the request). */
 	void (*free)(void *ctx, void *ptr);
 	void *ctx;
 };

@@ -2049,18 +2049,12 @@ static void *arena_alloc(void *ctx, size_t size)
 	return pool_arena_alloc(ctx, size);
 }
 
-static void arena_free(void *ctx, void *ptr)
-{
-	(void)ctx;
-	(void)ptr;
-}
-
 /* 2. decode: snappy then protobuf, capped at limits.max_request_bytes both ways, in pool memory. */
 static void flow_decode(struct flow_req *fr)
 {
 	struct proxy_flow *f = fr->f;
 	struct proxy_req *req = fr->req;
-	struct proto_alloc alloc = { arena_alloc, arena_free, &fr->arena };
+	struct proto_alloc alloc = { arena_alloc, NULL, &fr->arena }; /* released whole in flow_req_free */
 	char line[700], err[512];
 	uint64_t size = 0;
 	struct limiter_decision d;

@@ -101,6 +101,52 @@ static void test_decodes_real_prometheus_request(void **state)
 	tb_free(&body);
 }
 
+/* A region allocator (free NULL): decode works the same and free touches nothing it allocated. */
+struct region {
+	unsigned char buf[16384];
+	size_t used;
+	unsigned allocs;
+};
+
+static void *region_alloc(void *ctx, size_t size)
+{
+	struct region *r = ctx;
+	size_t need = (size + 15) & ~(size_t)15;
+	void *p;
+
+	if (need > sizeof(r->buf) - r->used)
+		return NULL;
+	p = r->buf + r->used;
+	r->used += need;
+	r->allocs++;
+	return p;
+}
+
+static void test_region_allocator_is_never_freed_piece_by_piece(void **state)
+{
+	struct tbuf body = tb_vector("request.snappy");
+	static struct region r;
+	struct proto_alloc a = { region_alloc, NULL, &r };
+	struct proto_request *req;
+	uint64_t size;
+	char err[256];
+
+	(void)state;
+	memset(&r, 0xa5, sizeof(r.buf)); /* a free of region memory would crash or be caught by ASan */
+	r.used = 0;
+	r.allocs = 0;
+	assert_int_equal(proto_request_decode(body.data, body.len, CAP, &a, &req, &size, err, sizeof(err)), 0);
+	assert_int_equal(req->n_queries, 1);
+	assert_string_equal(req->queries[0].matchers[0].name, "__name__");
+	assert_true(r.allocs > 0);
+	proto_request_free(req);
+	/* a failed decode in a region: nothing is freed either, and the error is the same */
+	r.used = 0;
+	assert_int_equal(proto_request_decode((const uint8_t *)"\x05garbage", 8, CAP, &a, &req, &size, err,
+					      sizeof(err)), -EINVAL);
+	tb_free(&body);
+}
+
 static void test_accepts_packed_and_unpacked_response_types(void **state)
 {
 	struct tbuf packed = { 0 }, unpacked = { 0 };
@@ -519,6 +565,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_decodes_real_prometheus_request),
+		cmocka_unit_test(test_region_allocator_is_never_freed_piece_by_piece),
 		cmocka_unit_test(test_accepts_packed_and_unpacked_response_types),
 		cmocka_unit_test(test_keeps_unknown_response_type_values),
 		cmocka_unit_test(test_rejects_unknown_matcher_type),
