@@ -28,7 +28,10 @@ struct http_header {
 	const char *value; /* (ref) into http_msg.raw, surrounding white space trimmed */
 };
 
-/* One parsed message head (request or response). */
+/*
+ * One parsed message head (request or response). The scalars come first: http_msg_clear zeroes
+ * them in one go and the arrays only up to n_headers (entries above it are always zero).
+ */
 struct http_msg {
 	char *raw;                /* owned copy of the head; every string below points into it */
 	const char *method;       /* requests: "POST" */
@@ -36,12 +39,14 @@ struct http_msg {
 	int status;               /* responses: 200 */
 	const char *reason;       /* responses: "OK" */
 	int minor;                /* HTTP/1.<minor> */
-	struct http_header headers[HTTP_MAX_HEADERS];
-	size_t n_headers;
 	int64_t content_length;   /* -1 when absent */
 	int chunked;              /* Transfer-Encoding: chunked */
 	int keep_alive;           /* connection may be reused after this message */
 	int expect_continue;      /* Expect: 100-continue */
+	size_t n_headers;
+	struct http_header headers[HTTP_MAX_HEADERS];
+	uint16_t name_len[HTTP_MAX_HEADERS];     /* strlen(headers[i].name), for http_msg_header */
+	unsigned char name_c0[HTTP_MAX_HEADERS]; /* headers[i].name[0] | 0x20, for http_msg_header */
 };
 
 /*
@@ -53,7 +58,10 @@ struct http_msg {
  */
 int http_parse_head(struct evbuffer *in, int is_request, struct http_msg *m, char *err, size_t errlen);
 
-/* Free what a parsed head owns and zero it. Safe on a zeroed message. */
+/*
+ * Free what a parsed head owns and zero it. Safe on a zeroed message. <m> must have started zeroed
+ * (calloc, "= { 0 }" or a previous clear): the arrays are zeroed only below n_headers.
+ */
 void http_msg_clear(struct http_msg *m);
 
 /* First value of header <name> (case-insensitive), or NULL. (ref) */
