@@ -28,6 +28,7 @@
 #include <signal.h>
 #include <snappy-c.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -355,7 +356,11 @@ static void req_knobs(struct freq *r)
 static int decode_request(const uint8_t *body, size_t len, struct freq *r, char *err, size_t errlen)
 {
 	size_t dlen;
-	memset(r, 0, sizeof(*r));
+	/* Zero everything but the query array (~800 KiB: 64 queries of 32 labels); each query is
+	 * zeroed when it is opened. Zeroing all of it per request was most of the store's CPU, and
+	 * its page faults varied with how the proxy in front spread requests over connections. */
+	memset(&r->n_queries, 0, sizeof(*r) - offsetof(struct freq, n_queries));
+	memset(&r->q[0], 0, sizeof(r->q[0])); /* the knobs read query 0 even when there is none */
 	if (snappy_uncompressed_length((const char *)body, len, &dlen) != SNAPPY_OK) {
 		snprintf(err, errlen, "snappy: corrupt input");
 		return -1;
@@ -383,6 +388,7 @@ static int decode_request(const uint8_t *body, size_t len, struct freq *r, char 
 			if (r->n_queries >= MAX_QUERIES)
 				goto bad;
 			struct fquery *q = &r->q[r->n_queries++];
+			memset(q, 0, sizeof(*q));
 			while (sub.p < sub.end) {
 				if (get_field(&sub, &field, &wire, &iv, &msub) < 0)
 					goto bad;
