@@ -68,7 +68,8 @@ int proto_frame_finish(struct proto_frame_reader *r, char *err, size_t errlen);
 const struct proto_frame_counts *proto_frame_results(const struct proto_frame_reader *r, size_t *n);
 
 /* CRC-32C (Castagnoli) of <len> bytes continuing from <crc> (start with 0); check("123456789")
- * = 0xE3069283. The SSE4.2 instruction where the CPU has it, else slicing-by-8; thread-safe. */
+ * = 0xE3069283. Carry-less multiply folding (AVX-512 VPCLMULQDQ) for 256 bytes and more, else
+ * three interleaved SSE4.2 crc32 chains, where the CPU has them; else slicing-by-8. Thread-safe. */
 uint32_t proto_crc32c(uint32_t crc, const uint8_t *data, size_t len);
 /* The same with the portable table code whatever the CPU (SSE4.2 is used where present by the
  * one above; tests check that both agree). */

@@ -107,6 +107,46 @@ static void test_crc32c_sse_agrees_with_portable_at_every_length(void **state)
 }
 
 /*
+ * From 256 bytes up, on a CPU with VPCLMULQDQ, the CRC folds 4 x 64-byte accumulators over
+ * 256-byte steps, then one over 64, then 16, and finishes with crc32: every length within 16
+ * bytes of each multiple of 64 up to 5 KiB and of 4 KiB up to 64 KiB, at four alignments and
+ * from a nonzero register, and random lengths up to 1 MiB at random alignments, all equal to
+ * the portable code.
+ */
+#define CRC_FOLD_BIG (1u << 20)
+
+static void test_crc32c_fold_path_agrees_with_portable_around_its_boundaries(void **state)
+{
+	uint8_t *buf = malloc(CRC_FOLD_BIG + 64);
+	uint64_t x = 0x13198a2e03707344u;
+
+	(void)state;
+	assert_non_null(buf);
+	for (size_t i = 0; i < CRC_FOLD_BIG + 64; i++)
+		buf[i] = (uint8_t)(crc_rand(&x) >> 56);
+	for (size_t off = 0; off < 64; off += 21) {
+		uint32_t seed = (uint32_t)crc_rand(&x);
+
+		for (size_t m = 64; m <= 5120; m += 64)
+			for (size_t n = m - 16; n <= m + 16; n++) {
+				assert_int_equal(proto_crc32c(0, buf + off, n), proto_crc32c_portable(0, buf + off, n));
+				assert_int_equal(proto_crc32c(seed, buf + off, n), proto_crc32c_portable(seed, buf + off, n));
+			}
+		for (size_t m = 8192; m <= 65536; m += 4096)
+			for (size_t n = m - 16; n <= m + 16; n++)
+				assert_int_equal(proto_crc32c(seed, buf + off, n), proto_crc32c_portable(seed, buf + off, n));
+	}
+	for (int i = 0; i < 40; i++) {
+		size_t off = (size_t)(crc_rand(&x) % 64);
+		size_t n = (size_t)(crc_rand(&x) % (CRC_FOLD_BIG + 1));
+		uint32_t seed = (uint32_t)crc_rand(&x);
+
+		assert_int_equal(proto_crc32c(seed, buf + off, n), proto_crc32c_portable(seed, buf + off, n));
+	}
+	free(buf);
+}
+
+/*
  * A running CRC continued over pieces equals one call over the whole, however it is cut: small
  * pieces (tail loop only), pieces around the short and long strides, and mixtures of them.
  */
@@ -715,6 +755,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_crc32c_matches_check_value_and_reference),
 		cmocka_unit_test(test_crc32c_sse_agrees_with_portable_at_every_length),
+		cmocka_unit_test(test_crc32c_fold_path_agrees_with_portable_around_its_boundaries),
 		cmocka_unit_test(test_crc32c_continued_over_random_pieces_equals_one_call),
 		cmocka_unit_test(test_counts_real_prometheus_stream),
 		cmocka_unit_test(test_same_counts_at_every_split_point),
