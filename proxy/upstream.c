@@ -396,6 +396,8 @@ static void read_cb(struct bufferevent *bev, void *arg)
 {
 	struct up_conn *c = arg;
 
+	if (c->state == UC_DEAD)
+		return; /* closed in this loop pass: kick_cb frees it (see event_cb) */
 	if (c->state == UC_BODY && c->req && !c->req->paused)
 		burst_read(bev, READ_BURST);
 	conn_read(c);
@@ -409,6 +411,14 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	int e = EVUTIL_SOCKET_ERROR();
 
 	(void)bev;
+	/*
+	 * A connection closed in this loop pass (its request cancelled while it was connecting)
+	 * waits in the dead list for kick_cb to free it; an event that was already due, such as
+	 * the connect completing, must not move it back to the idle list (it did: the lists were
+	 * corrupted and kick_cb then freed a connection still linked, caught by valgrind).
+	 */
+	if (c->state == UC_DEAD)
+		return;
 	if (what & BEV_EVENT_CONNECTED) {
 		netaddr_tune_socket(bufferevent_getfd(c->bev));
 		mark_ok(up);
