@@ -204,6 +204,17 @@ __attribute__((target("sse4.2"))) static inline uint64_t crc_3way(uint64_t c, co
 	return c;
 }
 
+/* The bytes left after the blocks, 8 at a time then one by one; returns the finished CRC. */
+__attribute__((target("sse4.2"))) static inline uint32_t crc_tail(uint64_t c, const uint8_t *data, size_t len)
+{
+	for (; len >= 8; data += 8, len -= 8)
+		c = __builtin_ia32_crc32di(c, crc_load64(data));
+	uint32_t c32 = (uint32_t)c;
+	while (len--)
+		c32 = __builtin_ia32_crc32qi(c32, *data++);
+	return ~c32;
+}
+
 __attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, const uint8_t *data, size_t len)
 {
 	uint64_t c = ~crc;
@@ -213,15 +224,7 @@ __attribute__((target("sse4.2"))) static uint32_t crc32c_sse42(uint32_t crc, con
 		c = crc_3way(c, &data, &len, CRC_LONG, crc_shift_long);
 		c = crc_3way(c, &data, &len, CRC_SHORT, crc_shift_short);
 	}
-	while (len >= 8) {
-		c = __builtin_ia32_crc32di(c, crc_load64(data));
-		data += 8;
-		len -= 8;
-	}
-	uint32_t c32 = (uint32_t)c;
-	while (len--)
-		c32 = __builtin_ia32_crc32qi(c32, *data++);
-	return ~c32;
+	return crc_tail(c, data, len);
 }
 
 /*
@@ -317,15 +320,7 @@ CRC_TARGET_VPCLMUL static uint32_t crc32c_vpclmul(uint32_t crc, const uint8_t *d
 		x = crc_fold16(x, k16, _mm_loadu_si128((const __m128i *)data));
 	uint64_t c = __builtin_ia32_crc32di(0, (uint64_t)_mm_cvtsi128_si64(x));
 	c = __builtin_ia32_crc32di(c, (uint64_t)_mm_extract_epi64(x, 1));
-	if (len >= 8) {
-		c = __builtin_ia32_crc32di(c, crc_load64(data));
-		data += 8;
-		len -= 8;
-	}
-	uint32_t c32 = (uint32_t)c;
-	while (len--)
-		c32 = __builtin_ia32_crc32qi(c32, *data++);
-	return ~c32;
+	return crc_tail(c, data, len);
 }
 #endif
 

@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "tests", "lib"))
 from promrr import crc32c, read_uvarint, uvarint  # noqa: E402  (the tests' own wire helpers)
 from promrr import snappy_encode as snappy_literals  # noqa: E402  (literals-only snappy block)
+from promrr import snappy_decode as snappy_uncompress  # noqa: E402  (checked snappy decoder)
 VECTORS = os.path.join(ROOT, "tests", "vectors")
 CONF_EXAMPLE = os.path.join(ROOT, "conf", "promguard.yml")
 
@@ -93,39 +94,6 @@ def snappy_compress(data, max_offset=65535):
         i += length
         lit_start = i
     emit_literal(lit_start, len(data))
-    return bytes(out)
-
-
-def snappy_uncompress(buf):
-    want, pos = read_uvarint(buf, 0)
-    out = bytearray()
-    while pos < len(buf):
-        tag = buf[pos]
-        pos += 1
-        kind = tag & 3
-        if kind == 0:
-            n = tag >> 2
-            if n >= 60:
-                extra = n - 59
-                n = int.from_bytes(buf[pos:pos + extra], "little")
-                pos += extra
-            n += 1
-            out += buf[pos:pos + n]
-            pos += n
-            continue
-        if kind == 1:
-            length = 4 + ((tag >> 2) & 7)
-            offset = ((tag >> 5) << 8) | buf[pos]
-            pos += 1
-        else:
-            width = 2 if kind == 2 else 4
-            length = (tag >> 2) + 1
-            offset = int.from_bytes(buf[pos:pos + width], "little")
-            pos += width
-        assert 0 < offset <= len(out)
-        for _ in range(length):
-            out.append(out[-offset])
-    assert len(out) == want
     return bytes(out)
 
 
