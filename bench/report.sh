@@ -69,55 +69,8 @@ split)
 *) die "REPORT_PIN must be none or split" ;;
 esac
 
-# --- build -------------------------------------------------------------------------------
-log "building in $BUILD_DIR"
-cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)" --target promguard fakestore loadgen mkreq replaysrv >/dev/null
-PG=${PROMGUARD_BIN:-$BUILD_DIR/promguard}
-FAKESTORE=$BUILD_DIR/tests/fakestore
-LOADGEN=$BUILD_DIR/bench/loadgen
-MKREQ=$BUILD_DIR/bench/mkreq
-REPLAY=$BUILD_DIR/bench/replaysrv
-
-# --- process bookkeeping -----------------------------------------------------------------
-TMP=$(mktemp -d /tmp/promguard-report.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-	sleep 0.5
-	# SIGKILL what is left (nginx workers whose master is gone, a promguard stuck in a callback)
-	for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-wait_port() {
-	for _ in $(seq 50); do
-		python3 -c "import socket;socket.create_connection(('127.0.0.1',$1),0.2)" 2>/dev/null && return 0
-		sleep 0.1
-	done
-	return 1
-}
-
-# Start "$@" (pinned like a server) and wait for "listening on HOST:PORT" on its stdout; sets PORT.
-start_listener() {
-	local name=$1 out=$TMP/$1.out
-	shift
-	"${PIN_SERVER[@]}" "$@" >"$out" 2>"$TMP/$name.err" &
-	PIDS+=($!)
-	for _ in $(seq 50); do
-		if grep -q 'listening on' "$out"; then
-			PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$out")
-			return
-		fi
-		sleep 0.1
-	done
-	die "$name did not start: $(cat "$TMP/$name.err")"
-}
+bench_build
+bench_tmp report
 
 # promguard in front of upstream port $2; sets PORT_<name> and PID_<name> (one pid, the process).
 start_promguard() {

@@ -12,6 +12,7 @@
 #   BENCH_RESULTS=bench/RESULTS.md    where the table goes ("" to skip writing it)
 # Every process started here is killed on exit. All traffic stays on 127.0.0.1.
 set -euo pipefail
+. "$(dirname "$0")/lib.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-/tmp/build-bench}
@@ -28,54 +29,9 @@ HZ=$(getconf CLK_TCK)
 
 log() { printf '%s bench: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# --- build -------------------------------------------------------------------------------
-log "building in $BUILD_DIR"
-cmake -S "$ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$BUILD_DIR" -j"$(nproc)" --target promguard fakestore loadgen mkreq replaysrv >/dev/null
-PG=${PROMGUARD_BIN:-$BUILD_DIR/promguard}
-FAKESTORE=$BUILD_DIR/tests/fakestore
-LOADGEN=$BUILD_DIR/bench/loadgen
-MKREQ=$BUILD_DIR/bench/mkreq
-REPLAY=$BUILD_DIR/bench/replaysrv
-
-# --- process bookkeeping -----------------------------------------------------------------
-TMP=$(mktemp -d /tmp/promguard-bench.XXXXXX)
-PIDS=()
-cleanup() {
-	local p
-	for p in "${PIDS[@]}"; do
-		kill "$p" 2>/dev/null || true
-	done
-	sleep 0.5
-	# SIGKILL what is left: a promguard spinning in a callback never reaches its signal handler
-	for p in "${PIDS[@]}"; do
-		kill -9 "$p" 2>/dev/null || true
-	done
-	wait 2>/dev/null || true
-	rm -rf "$TMP"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-
-# Start "$@" in the background, wait for "listening on HOST:PORT" on its stdout; sets PORT.
-# (Not called in $(...): the pid must reach PIDS in this shell.)
-start_listener() {
-	local name=$1 out=$TMP/$1.out
-	shift
-	"$@" >"$out" 2>"$TMP/$name.err" &
-	PIDS+=($!)
-	for _ in $(seq 50); do
-		if grep -q 'listening on' "$out"; then
-			PORT=$(sed -n 's/^listening on .*:\([0-9]*\)$/\1/p' "$out")
-			return
-		fi
-		sleep 0.1
-	done
-	log "$name did not start: $(cat "$TMP/$name.err")"
-	exit 1
-}
+PIN_SERVER=() # run.sh does not pin
+bench_build
+bench_tmp bench
 
 # Start promguard in front of upstream port $2; sets PG_PORT_<name> and PG_PID_<name>.
 start_promguard() {
