@@ -81,3 +81,26 @@ start_listener() {
 	log "$name did not start: $(cat "$TMP/$name.err")"
 	exit 1
 }
+
+# start_promguard NAME UPSTREAM_PORT: promguard (under PIN_SERVER) with the bench config in front
+# of the store on UPSTREAM_PORT; sets PORT_<name> and PID_<name>. The bench config: log_level
+# warn, upstream.max_connections 64, limits.max_response_bytes 4GiB, everything else default.
+start_promguard() {
+	local name=$1 up=$2 port admin
+	port=$(free_port)
+	admin=$(free_port)
+	cat >"$TMP/$name.yml" <<EOF
+listen: 127.0.0.1:$port
+admin_listen: 127.0.0.1:$admin
+log_level: warn
+upstream: {url: "http://127.0.0.1:$up/api/v1/read", timeout: 10m, max_connections: 64}
+limits: {max_response_bytes: 4GiB}
+EOF
+	"${PIN_SERVER[@]}" "$PG" -c "$TMP/$name.yml" >"$TMP/$name.log" 2>&1 &
+	PIDS+=($!)
+	printf -v "PID_$name" '%s' $!
+	printf -v "PORT_$name" '%s' "$port"
+	wait_port "$port" && return
+	log "promguard ($name) did not start: $(cat "$TMP/$name.log")"
+	exit 1
+}

@@ -72,25 +72,6 @@ esac
 bench_build
 bench_tmp report
 
-# promguard in front of upstream port $2; sets PORT_<name> and PID_<name> (one pid, the process).
-start_promguard() {
-	local name=$1 up=$2 port admin
-	port=$(free_port)
-	admin=$(free_port)
-	cat >"$TMP/$name.yml" <<EOF
-listen: 127.0.0.1:$port
-admin_listen: 127.0.0.1:$admin
-log_level: warn
-upstream: {url: "http://127.0.0.1:$up/api/v1/read", timeout: 10m, max_connections: 64}
-limits: {max_response_bytes: 4GiB}
-EOF
-	"${PIN_SERVER[@]}" "$PG" -c "$TMP/$name.yml" >"$TMP/$name.log" 2>&1 &
-	PIDS+=($!)
-	printf -v "PID_$name" '%s' $!
-	printf -v "PORT_$name" '%s' "$port"
-	wait_port "$port" || die "promguard ($name) did not start: $(cat "$TMP/$name.log")"
-}
-
 # nginx in front of upstream port $2 with <workers> ($3: 1 or auto) and <mode> ($4: small or
 # stream); sets PORT_<name> and PID_<name> (the workers' pids, space-separated).
 start_nginx() {

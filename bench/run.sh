@@ -33,34 +33,8 @@ PIN_SERVER=() # run.sh does not pin
 bench_build
 bench_tmp bench
 
-# Start promguard in front of upstream port $2; sets PG_PORT_<name> and PG_PID_<name>.
-start_promguard() {
-	local name=$1 up=$2 port admin
-	port=$(free_port)
-	admin=$(free_port)
-	cat >"$TMP/$name.yml" <<EOF
-listen: 127.0.0.1:$port
-admin_listen: 127.0.0.1:$admin
-log_level: warn
-upstream: {url: "http://127.0.0.1:$up/api/v1/read", timeout: 10m, max_connections: 64}
-limits: {max_response_bytes: 4GiB}
-EOF
-	"$PG" -c "$TMP/$name.yml" >"$TMP/$name.log" 2>&1 &
-	PIDS+=($!)
-	printf -v "PG_PID_$name" '%s' $!
-	printf -v "PG_PORT_$name" '%s' "$port"
-	for _ in $(seq 50); do
-		if python3 -c "import socket;socket.create_connection(('127.0.0.1',$port),0.2)" 2>/dev/null; then
-			return
-		fi
-		sleep 0.1
-	done
-	log "promguard ($name) did not start: $(cat "$TMP/$name.log")"
-	exit 1
-}
-
 restart_promguard() {
-	local name=$1 up=$2 pidvar="PG_PID_$1"
+	local name=$1 up=$2 pidvar="PID_$1"
 	kill -9 "${!pidvar}" 2>/dev/null || true
 	wait "${!pidvar}" 2>/dev/null || true
 	start_promguard "$name" "$up"
@@ -127,7 +101,7 @@ SMALL_ARGS=(--body "$TMP/small.req" -c "$CONNS" -d "$DUR" -w 1)
 run_load --url "http://127.0.0.1:$FS_PORT/api/v1/read" "${SMALL_ARGS[@]}"
 S_DIRECT=$RES
 S_DIRECT_OTHER=$CPU_OTHER
-PG_WATCH=$PG_PID_fs run_load --url "http://127.0.0.1:$PG_PORT_fs/api/v1/read" "${SMALL_ARGS[@]}"
+PG_WATCH=$PID_fs run_load --url "http://127.0.0.1:$PORT_fs/api/v1/read" "${SMALL_ARGS[@]}"
 S_PROXY=$RES
 S_PROXY_OTHER=$CPU_OTHER
 S_PROXY_CPU=$CPU_PG
@@ -146,7 +120,7 @@ for r in $(seq "$ROUNDS"); do
 	if [ "$(val "$out" body_bytes)" = "$STREAM_BYTES_WANT" ] && awk -v a="$bps" -v b="$best_d" 'BEGIN{exit !(a>b)}'; then
 		best_d=$bps
 	fi
-	PG_WATCH=$PG_PID_rs run_load --url "http://127.0.0.1:$PG_PORT_rs/api/v1/read" --body "$TMP/stream.req" \
+	PG_WATCH=$PID_rs run_load --url "http://127.0.0.1:$PORT_rs/api/v1/read" --body "$TMP/stream.req" \
 		--stream --timeout "$STALL_S"
 	out=$RES
 	p_other="$p_other $(f1 "$(calc "$CPU_OTHER / $WALL" 2)")"
@@ -154,7 +128,7 @@ for r in $(seq "$ROUNDS"); do
 	bps=$(val "$out" bytes_per_s)
 	if [ "$got" != "$STREAM_BYTES_WANT" ]; then
 		# stalled or cut: note how far it got and whether promguard is spinning, then restart it
-		t0=$(ticks "$PG_PID_rs"); sleep 1; t1=$(ticks "$PG_PID_rs")
+		t0=$(ticks "$PID_rs"); sleep 1; t1=$(ticks "$PID_rs")
 		p_stall="STALLED after ${got:-0} of $STREAM_BYTES_WANT bytes (promguard CPU $(( (t1 - t0) * 100 / HZ ))% while idle)"
 		log "through promguard: $p_stall; restarting it"
 		restart_promguard rs "$RS_PORT"
@@ -168,21 +142,21 @@ done
 
 # --- 3. the stream to a slow reader: promguard's memory ------------------------------------
 log "slow reader: ${SLOW_MIB} MiB from the fake store through promguard at $SLOW_BPS B/s"
-echo 5 >"/proc/$PG_PID_fs/clear_refs" 2>/dev/null || true # reset VmHWM to the current RSS
-hwm_before=$(awk '/VmHWM/{print $2}' "/proc/$PG_PID_fs/status")
-"$LOADGEN" -q --url "http://127.0.0.1:$PG_PORT_fs/api/v1/read" --body "$TMP/slow.req" --stream --check \
+echo 5 >"/proc/$PID_fs/clear_refs" 2>/dev/null || true # reset VmHWM to the current RSS
+hwm_before=$(awk '/VmHWM/{print $2}' "/proc/$PID_fs/status")
+"$LOADGEN" -q --url "http://127.0.0.1:$PORT_fs/api/v1/read" --body "$TMP/slow.req" --stream --check \
 	--slow-read "$SLOW_BPS" --timeout "$STALL_S" --max-time 120 >"$TMP/slow.out" 2>&1 &
 LG=$!
 PIDS+=($LG)
 rss_max=0
 while kill -0 "$LG" 2>/dev/null; do
-	rss=$(awk '/VmRSS/{print $2}' "/proc/$PG_PID_fs/status" 2>/dev/null || echo 0)
+	rss=$(awk '/VmRSS/{print $2}' "/proc/$PID_fs/status" 2>/dev/null || echo 0)
 	[ "${rss:-0}" -gt "$rss_max" ] && rss_max=$rss
 	sleep 0.2
 done
 wait "$LG" || true
 SLOW=$(grep '^RESULT' "$TMP/slow.out" || echo "RESULT mode=failed errors=1")
-hwm=$(awk '/VmHWM/{print $2}' "/proc/$PG_PID_fs/status" 2>/dev/null || echo 0)
+hwm=$(awk '/VmHWM/{print $2}' "/proc/$PID_fs/status" 2>/dev/null || echo 0)
 log "slow: $SLOW"
 
 # --- the table -----------------------------------------------------------------------------
